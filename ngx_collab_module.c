@@ -1,0 +1,325 @@
+
+/*
+ * Copyright (C) ngx_collab authors
+ */
+
+
+/*
+ * ngx_collab: real-time collaboration inside nginx.  This file is the
+ * table of contents: directives, configuration and the hooks that
+ * connect the pieces under src/.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_collab.h"
+#include "ngx_collab_ws.h"
+#include "ngx_collab_echo.h"
+#include "ngx_collab_protocol.h"
+
+
+static void *ngx_collab_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_collab_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_collab_echo(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_collab_websocket(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_collab_set_app(ngx_conf_t *cf, ngx_collab_loc_conf_t *clcf,
+    const ngx_collab_ws_app_t *app);
+static char *ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
+static ngx_command_t  ngx_collab_commands[] = {
+
+    { ngx_string("collab_echo"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_collab_echo,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_websocket"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_collab_websocket,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_max_message_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, max_message_size),
+      NULL },
+
+    { ngx_string("collab_send_queue_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, send_queue_size),
+      NULL },
+
+    { ngx_string("collab_ping_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, ping_interval),
+      NULL },
+
+    { ngx_string("collab_ping_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, ping_timeout),
+      NULL },
+
+    { ngx_string("collab_idle_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, idle_timeout),
+      NULL },
+
+    { ngx_string("collab_send_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, send_timeout),
+      NULL },
+
+    { ngx_string("collab_close_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, close_timeout),
+      NULL },
+
+    { ngx_string("collab_allowed_origins"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_collab_allowed_origins,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, allowed_origins),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_collab_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_collab_create_loc_conf,            /* create location configuration */
+    ngx_collab_merge_loc_conf              /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_collab_module = {
+    NGX_MODULE_V1,
+    &ngx_collab_module_ctx,                /* module context */
+    ngx_collab_commands,                   /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_collab_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_collab_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_collab_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->app = NULL;
+     *     conf->broadcast = 0;
+     */
+
+    conf->max_message_size = NGX_CONF_UNSET_SIZE;
+    conf->send_queue_size = NGX_CONF_UNSET_SIZE;
+    conf->ping_interval = NGX_CONF_UNSET_MSEC;
+    conf->ping_timeout = NGX_CONF_UNSET_MSEC;
+    conf->idle_timeout = NGX_CONF_UNSET_MSEC;
+    conf->send_timeout = NGX_CONF_UNSET_MSEC;
+    conf->close_timeout = NGX_CONF_UNSET_MSEC;
+    conf->allowed_origins = NGX_CONF_UNSET_PTR;
+
+    return conf;
+}
+
+
+static char *
+ngx_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_collab_loc_conf_t  *prev = parent;
+    ngx_collab_loc_conf_t  *conf = child;
+
+    ngx_conf_merge_size_value(conf->max_message_size,
+                              prev->max_message_size, 64 * 1024);
+    ngx_conf_merge_size_value(conf->send_queue_size,
+                              prev->send_queue_size, 256 * 1024);
+    ngx_conf_merge_msec_value(conf->ping_interval, prev->ping_interval,
+                              30000);
+    ngx_conf_merge_msec_value(conf->ping_timeout, prev->ping_timeout,
+                              10000);
+    ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout, 0);
+    ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout,
+                              60000);
+    ngx_conf_merge_msec_value(conf->close_timeout, prev->close_timeout,
+                              5000);
+    ngx_conf_merge_ptr_value(conf->allowed_origins, prev->allowed_origins,
+                             NULL);
+
+    if (conf->max_message_size == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_max_message_size\" must be at least 1");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->send_queue_size == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_send_queue_size\" must be at least 1");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->close_timeout == 0 || conf->send_timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_close_timeout\" and "
+                           "\"collab_send_timeout\" must not be 0");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->ping_interval && conf->ping_timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_ping_timeout\" must not be 0 "
+                           "while \"collab_ping_interval\" is set");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_collab_echo(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_loc_conf_t *clcf = conf;
+
+    ngx_str_t  *value;
+
+    if (cf->args->nelts == 2) {
+        value = cf->args->elts;
+
+        if (ngx_strcmp(value[1].data, "broadcast") != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        clcf->broadcast = 1;
+    }
+
+    return ngx_collab_set_app(cf, clcf, &ngx_collab_echo_app);
+}
+
+
+static char *
+ngx_collab_websocket(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    return ngx_collab_set_app(cf, conf, &ngx_collab_protocol_app);
+}
+
+
+static char *
+ngx_collab_set_app(ngx_conf_t *cf, ngx_collab_loc_conf_t *clcf,
+    const ngx_collab_ws_app_t *app)
+{
+    ngx_http_core_loc_conf_t  *hclcf;
+
+    if (clcf->app) {
+        return "is duplicate";
+    }
+
+    clcf->app = app;
+
+    hclcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    hclcf->handler = ngx_collab_ws_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    u_char       *c;
+    ngx_str_t    *value, *origin;
+    ngx_uint_t    i;
+    ngx_array_t **a;
+
+    a = (ngx_array_t **) (p + cmd->offset);
+
+    if (*a != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    *a = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(ngx_str_t));
+    if (*a == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        /* "*", or scheme "://" host [":" port], as browsers send it */
+
+        if (!(value[i].len == 1 && value[i].data[0] == '*')) {
+
+            c = ngx_strnstr(value[i].data, "://", value[i].len);
+
+            if (c == NULL || c == value[i].data
+                || value[i].data[value[i].len - 1] == '/')
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid origin \"%V\", expected "
+                                   "\"*\" or \"scheme://host[:port]\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        origin = ngx_array_push(*a);
+        if (origin == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *origin = value[i];
+    }
+
+    return NGX_CONF_OK;
+}

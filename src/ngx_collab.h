@@ -1,0 +1,38 @@
+
+/*
+ * Copyright (C) ngx_collab authors
+ */
+
+
+#ifndef _NGX_COLLAB_H_INCLUDED_
+#define _NGX_COLLAB_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+typedef struct ngx_collab_ws_s      ngx_collab_ws_t;
+typedef struct ngx_collab_ws_app_s  ngx_collab_ws_app_t;
+
+
+typedef struct {
+    const ngx_collab_ws_app_t  *app;          /* NULL: not a collab location */
+    ngx_uint_t                  broadcast;    /* collab_echo broadcast */
+
+    size_t                      max_message_size;
+    size_t                      send_queue_size;
+    ngx_msec_t                  ping_interval;
+    ngx_msec_t                  ping_timeout;
+    ngx_msec_t                  idle_timeout;
+    ngx_msec_t                  send_timeout;
+    ngx_msec_t                  close_timeout;
+    ngx_array_t                *allowed_origins;   /* of ngx_str_t */
+} ngx_collab_loc_conf_t;
+
+
+extern ngx_module_t  ngx_collab_module;
+
+
+#endif /* _NGX_COLLAB_H_INCLUDED_ */
