@@ -21,6 +21,8 @@
 #include "ngx_collab_protocol.h"
 
 
+static void *ngx_collab_create_main_conf(ngx_conf_t *cf);
+static char *ngx_collab_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_collab_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_collab_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -31,6 +33,10 @@ static char *ngx_collab_set_app(ngx_conf_t *cf, ngx_collab_loc_conf_t *clcf,
     const ngx_collab_ws_app_t *app);
 static char *ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_collab_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_collab_init_process(ngx_cycle_t *cycle);
+static void ngx_collab_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_command_t  ngx_collab_commands[] = {
@@ -105,6 +111,48 @@ static ngx_command_t  ngx_collab_commands[] = {
       offsetof(ngx_collab_loc_conf_t, allowed_origins),
       NULL },
 
+    { ngx_string("collab_postgres"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_collab_postgres,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_batch_window"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, batch_window),
+      NULL },
+
+    { ngx_string("collab_join_history"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, join_history),
+      NULL },
+
+    { ngx_string("collab_user"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, user),
+      NULL },
+
+    { ngx_string("collab_user_name"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, user_name),
+      NULL },
+
+    { ngx_string("collab_max_body_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, max_body_size),
+      NULL },
+
       ngx_null_command
 };
 
@@ -113,8 +161,8 @@ static ngx_http_module_t  ngx_collab_module_ctx = {
     NULL,                                  /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_collab_create_main_conf,           /* create main configuration */
+    ngx_collab_init_main_conf,             /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -131,13 +179,54 @@ ngx_module_t  ngx_collab_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_collab_init_process,               /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_collab_exit_process,               /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static void *
+ngx_collab_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_collab_main_conf_t  *cmcf;
+
+    cmcf = ngx_pcalloc(cf->pool, sizeof(ngx_collab_main_conf_t));
+    if (cmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     cmcf->pg = { 0 };
+     */
+
+    cmcf->batch_window = NGX_CONF_UNSET_MSEC;
+    cmcf->join_history = NGX_CONF_UNSET_UINT;
+
+    return cmcf;
+}
+
+
+static char *
+ngx_collab_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_collab_main_conf_t *cmcf = conf;
+
+    ngx_conf_init_msec_value(cmcf->batch_window, 2);
+    ngx_conf_init_uint_value(cmcf->join_history, 50);
+
+    if (cmcf->join_history == 0 || cmcf->join_history > 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_join_history\" must be 1..1000");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
 
 
 static void *
@@ -155,6 +244,8 @@ ngx_collab_create_loc_conf(ngx_conf_t *cf)
      *
      *     conf->app = NULL;
      *     conf->broadcast = 0;
+     *     conf->user = NULL;
+     *     conf->user_name = NULL;
      */
 
     conf->max_message_size = NGX_CONF_UNSET_SIZE;
@@ -165,6 +256,7 @@ ngx_collab_create_loc_conf(ngx_conf_t *cf)
     conf->send_timeout = NGX_CONF_UNSET_MSEC;
     conf->close_timeout = NGX_CONF_UNSET_MSEC;
     conf->allowed_origins = NGX_CONF_UNSET_PTR;
+    conf->max_body_size = NGX_CONF_UNSET_SIZE;
 
     return conf;
 }
@@ -191,6 +283,16 @@ ngx_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               5000);
     ngx_conf_merge_ptr_value(conf->allowed_origins, prev->allowed_origins,
                              NULL);
+    ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
+                              16 * 1024);
+
+    if (conf->user == NULL) {
+        conf->user = prev->user;
+    }
+
+    if (conf->user_name == NULL) {
+        conf->user_name = prev->user_name;
+    }
 
     if (conf->max_message_size == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -322,4 +424,35 @@ ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_collab_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_main_conf_t *cmcf = conf;
+
+    return ngx_collab_pg_conf(cf, &cmcf->pg);
+}
+
+
+static ngx_int_t
+ngx_collab_init_process(ngx_cycle_t *cycle)
+{
+    ngx_collab_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_collab_module);
+
+    if (cmcf == NULL || cmcf->pg.conninfo.data == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_collab_pg_init_process(cycle, &cmcf->pg);
+}
+
+
+static void
+ngx_collab_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_collab_pg_exit_process(cycle);
 }

@@ -13,8 +13,19 @@
 #include <ngx_http.h>
 
 
+#include "ngx_collab_pg.h"
+
+
 typedef struct ngx_collab_ws_s      ngx_collab_ws_t;
 typedef struct ngx_collab_ws_app_s  ngx_collab_ws_app_t;
+
+
+typedef struct {
+    ngx_collab_pg_conf_t        pg;           /* pg.conninfo.data: set */
+    ngx_msec_t                  batch_window;
+    ngx_uint_t                  batch_size;
+    ngx_uint_t                  join_history;
+} ngx_collab_main_conf_t;
 
 
 typedef struct {
@@ -29,6 +40,10 @@ typedef struct {
     ngx_msec_t                  send_timeout;
     ngx_msec_t                  close_timeout;
     ngx_array_t                *allowed_origins;   /* of ngx_str_t */
+
+    ngx_http_complex_value_t   *user;
+    ngx_http_complex_value_t   *user_name;
+    size_t                      max_body_size;
 } ngx_collab_loc_conf_t;
 
 

@@ -38,6 +38,7 @@ static void ngx_collab_echo_close(ngx_collab_ws_t *ws);
 
 const ngx_collab_ws_app_t  ngx_collab_echo_app = {
     ngx_null_string,
+    NULL,
     ngx_collab_echo_open,
     ngx_collab_echo_message,
     ngx_collab_echo_close

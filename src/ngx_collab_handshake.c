@@ -152,6 +152,22 @@ ngx_collab_ws_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    ws->connection = c;
+    ws->conf = cf;
+    ws->out_last = &ws->out;
+    ws->parser.max_message = cf->max_message_size;
+
+    if (cf->app->upgrade) {
+        rc = cf->app->upgrade(r, ws);
+
+        if (rc != NGX_OK) {
+            return ngx_collab_ws_refuse(r, rc, NULL,
+                                        rc == NGX_HTTP_UNAUTHORIZED
+                                        ? "no user identity"
+                                        : "upgrade refused");
+        }
+    }
+
     /* Sec-WebSocket-Accept: base64(SHA-1(key . GUID)) */
 
     ngx_sha1_init(&sha1);
@@ -220,11 +236,6 @@ ngx_collab_ws_handler(ngx_http_request_t *r)
     if (clcf->tcp_nodelay && ngx_tcp_nodelay(c) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    ws->connection = c;
-    ws->conf = cf;
-    ws->out_last = &ws->out;
-    ws->parser.max_message = cf->max_message_size;
 
     /*
      * The request stays alive until ngx_collab_ws_start() runs from the

@@ -35,6 +35,7 @@ static void ngx_collab_protocol_reply(ngx_collab_ws_t *ws, json_t *reply);
 const ngx_collab_ws_app_t  ngx_collab_protocol_app = {
     ngx_string("collab.v1"),
     NULL,
+    NULL,
     ngx_collab_protocol_message,
     NULL
 };

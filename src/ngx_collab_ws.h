@@ -44,6 +44,13 @@ struct ngx_collab_ws_out_s {
 struct ngx_collab_ws_app_s {
     ngx_str_t                   subprotocol;  /* empty: none offered */
 
+    /*
+     * before the 101, with the request at hand: NGX_OK, or an HTTP status
+     * to refuse the upgrade with (the app has logged why)
+     */
+    ngx_int_t                 (*upgrade)(ngx_http_request_t *r,
+                                         ngx_collab_ws_t *ws);
+
     /* after the upgrade; NGX_ERROR closes the connection with 1011 */
     ngx_int_t                 (*open)(ngx_collab_ws_t *ws);
 
