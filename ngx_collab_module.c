@@ -19,6 +19,7 @@
 #include "ngx_collab_ws.h"
 #include "ngx_collab_echo.h"
 #include "ngx_collab_protocol.h"
+#include "ngx_collab_send.h"
 
 
 static void *ngx_collab_create_main_conf(ngx_conf_t *cf);
@@ -443,7 +444,13 @@ ngx_collab_init_process(ngx_cycle_t *cycle)
 
     cmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_collab_module);
 
-    if (cmcf == NULL || cmcf->pg.conninfo.data == NULL) {
+    if (cmcf == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_collab_send_init(cmcf, cycle->log);
+
+    if (cmcf->pg.conninfo.data == NULL) {
         return NGX_OK;
     }
 

@@ -329,6 +329,17 @@ ngx_collab_pg_param(ngx_collab_pg_query_t *q, ngx_uint_t n, u_char *data,
 }
 
 
+void
+ngx_collab_pg_param_end(ngx_collab_pg_query_t *q, ngx_uint_t n, u_char *last)
+{
+    q->values[n] = (char *) q->last;
+    q->lengths[n] = (int) (last - q->last);
+
+    *last++ = '\0';
+    q->last = last;
+}
+
+
 ngx_int_t
 ngx_collab_pg_param_int(ngx_collab_pg_query_t *q, ngx_uint_t n,
     int64_t value)

@@ -72,6 +72,15 @@ ngx_int_t ngx_collab_pg_param_int(ngx_collab_pg_query_t *q, ngx_uint_t n,
     int64_t value);
 
 /*
+ * To write a parameter in place: ngx_collab_pg_param_start() returns
+ * where to write (there is room for what was promised to create()), and
+ * ngx_collab_pg_param_end() takes the end of what was written.
+ */
+#define ngx_collab_pg_param_start(q)  (q)->last
+void ngx_collab_pg_param_end(ngx_collab_pg_query_t *q, ngx_uint_t n,
+    u_char *last);
+
+/*
  * Queues the query.  NGX_OK: the handler will be called.  NGX_BUSY: the
  * queue is full; NGX_DECLINED: PostgreSQL is unavailable.  On anything
  * but NGX_OK the query has been freed and the handler is never called.

@@ -6,11 +6,23 @@
 
 /*
  * collab.v1, the JSON protocol spoken on collab_websocket locations
- * (docs/PROTOCOL.md).  Every request is a JSON object in a text frame with
- * an "op" and an optional "ref" that the reply carries back.  A request
- * that cannot be understood is answered with an "error" op and a stable
- * code; the connection stays open.  Binary frames are not part of the
- * protocol and close the connection with 1003.
+ * (docs/PROTOCOL.md).
+ *
+ * Every request is a JSON object in a text frame with an "op" and an
+ * optional "ref" that the reply carries back.  A request that cannot be
+ * served is answered with {"op":"error","code":...,"ref":...,"message":...}
+ * and a stable code, and changes nothing; the connection stays open.
+ * Binary frames are not part of the protocol and close with 1003.
+ *
+ * Identity is the site's: collab_user (and collab_user_name) is evaluated
+ * on the upgrade, an empty value refuses it with 401.  The user row is
+ * upserted when the connection opens; requests that arrive before that
+ * answer are kept (at most NGX_COLLAB_DEFERRED_MAX) and served after it.
+ *
+ * Requests that go to PostgreSQL carry an ngx_collab_req_t, linked to its
+ * connection: a connection that closes unlinks them, and their results
+ * are then dropped.  Nothing here waits: every reply is queued on the
+ * WebSocket, every query goes through the pool.
  */
 
 
@@ -22,32 +34,246 @@
 
 #include "ngx_collab.h"
 #include "ngx_collab_ws.h"
+#include "ngx_collab_pg.h"
+#include "ngx_collab_store.h"
+#include "ngx_collab_room.h"
+#include "ngx_collab_send.h"
 #include "ngx_collab_protocol.h"
 
 
+#define NGX_COLLAB_SINCE_PAGE     200
+#define NGX_COLLAB_HISTORY_MAX    200
+#define NGX_COLLAB_SESSIONS_MAX   200
+
+
+typedef enum {
+    NGX_COLLAB_OP_RESOLVE = 0,
+    NGX_COLLAB_OP_CREATE,
+    NGX_COLLAB_OP_SESSIONS,
+    NGX_COLLAB_OP_JOIN,
+    NGX_COLLAB_OP_HISTORY
+} ngx_collab_op_e;
+
+
+typedef struct {
+    ngx_queue_t                 link;          /* conn->requests */
+    ngx_collab_conn_t          *conn;          /* NULL: went away */
+    json_t                     *ref;
+    ngx_collab_op_e             op;
+
+    /* join and history */
+    int64_t                     since;         /* -1: none */
+    ngx_uint_t                  limit;
+    ngx_collab_member_t        *member;
+    json_t                     *session;
+} ngx_collab_req_t;
+
+
+typedef void (*ngx_collab_op_pt)(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+
+typedef struct {
+    const char                 *name;
+    ngx_collab_op_pt            handler;
+    ngx_uint_t                  needs_user;
+} ngx_collab_op_t;
+
+
+static ngx_int_t ngx_collab_protocol_upgrade(ngx_http_request_t *r,
+    ngx_collab_ws_t *ws);
+static ngx_int_t ngx_collab_protocol_open(ngx_collab_ws_t *ws);
 static void ngx_collab_protocol_message(ngx_collab_ws_t *ws,
     ngx_uint_t opcode, u_char *data, size_t len);
-static void ngx_collab_protocol_error(ngx_collab_ws_t *ws, const char *code,
-    json_t *ref, const char *message);
-static void ngx_collab_protocol_reply(ngx_collab_ws_t *ws, json_t *reply);
+static void ngx_collab_protocol_close(ngx_collab_ws_t *ws);
+static void ngx_collab_protocol_dispatch(ngx_collab_conn_t *conn,
+    json_t *req);
+
+static void ngx_collab_resolve(ngx_collab_conn_t *conn);
+static void ngx_collab_resolve_done(ngx_collab_pg_query_t *q, PGresult *res);
+static void ngx_collab_resolved(ngx_collab_conn_t *conn);
+
+static void ngx_collab_op_ping(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_create(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_create_done(ngx_collab_pg_query_t *q,
+    PGresult *res);
+static void ngx_collab_op_sessions(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_sessions_done(ngx_collab_pg_query_t *q,
+    PGresult *res);
+static void ngx_collab_op_join(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_join_done(ngx_collab_pg_query_t *q,
+    PGresult *res);
+static ngx_int_t ngx_collab_join_read(ngx_collab_req_t *jr);
+static void ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q,
+    PGresult *res);
+static void ngx_collab_op_leave(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_history(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_history_done(ngx_collab_pg_query_t *q,
+    PGresult *res);
+
+static ngx_collab_req_t *ngx_collab_req_create(ngx_collab_conn_t *conn,
+    ngx_collab_op_e op, json_t *ref);
+static void ngx_collab_req_free(ngx_collab_req_t *req);
+static ngx_int_t ngx_collab_req_send(ngx_collab_req_t *req,
+    ngx_collab_pg_query_t *q, ngx_collab_pg_handler_pt handler);
+static ngx_collab_req_t *ngx_collab_req_result(ngx_collab_pg_query_t *q,
+    PGresult *res);
+static json_t *ngx_collab_messages(PGresult *res, int first, int last,
+    int64_t *max_seq);
+static ngx_int_t ngx_collab_slug(json_t *req, ngx_str_t *slug);
+static ngx_collab_member_t *ngx_collab_member_find(ngx_collab_conn_t *conn,
+    ngx_str_t *slug);
+static ngx_int_t ngx_collab_get_int(json_t *req, const char *name,
+    int64_t min, int64_t max, int64_t *value);
 
 
 const ngx_collab_ws_app_t  ngx_collab_protocol_app = {
     ngx_string("collab.v1"),
-    NULL,
-    NULL,
+    ngx_collab_protocol_upgrade,
+    ngx_collab_protocol_open,
     ngx_collab_protocol_message,
-    NULL
+    ngx_collab_protocol_close
 };
+
+
+static ngx_collab_op_t  ngx_collab_ops[] = {
+    { "ping", ngx_collab_op_ping, 0 },
+    { "create", ngx_collab_op_create, 1 },
+    { "sessions", ngx_collab_op_sessions, 1 },
+    { "join", ngx_collab_op_join, 1 },
+    { "leave", ngx_collab_op_leave, 1 },
+    { "send", ngx_collab_op_send, 1 },
+    { "history", ngx_collab_op_history, 1 },
+    { NULL, NULL, 0 }
+};
+
+
+/* the connection */
+
+
+static ngx_int_t
+ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
+{
+    ngx_str_t               user, name;
+    ngx_collab_conn_t      *conn;
+    ngx_collab_loc_conf_t  *cf;
+
+    cf = ws->conf;
+
+    if (cf->user == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "collab: \"collab_user\" is not set for this "
+                      "location, refusing the upgrade");
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    if (ngx_http_complex_value(r, cf->user, &user) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (user.len == 0 || user.len > 256) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: %s user identity, refusing the upgrade",
+                      user.len ? "too long a" : "no");
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    ngx_str_null(&name);
+
+    if (cf->user_name
+        && ngx_http_complex_value(r, cf->user_name, &name) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (name.len > 256) {
+        name.len = 0;
+    }
+
+    /* the request pool goes away after the upgrade: copy to the connection's */
+
+    conn = ngx_pcalloc(r->connection->pool,
+                       sizeof(ngx_collab_conn_t) + user.len + name.len);
+    if (conn == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    conn->ws = ws;
+
+    conn->user.data = (u_char *) (conn + 1);
+    conn->user.len = user.len;
+    ngx_memcpy(conn->user.data, user.data, user.len);
+
+    conn->user_name.data = conn->user.data + user.len;
+    conn->user_name.len = name.len;
+    ngx_memcpy(conn->user_name.data, name.data, name.len);
+
+    ngx_queue_init(&conn->members);
+    ngx_queue_init(&conn->requests);
+    ngx_queue_init(&conn->sends);
+
+    ws->data = conn;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_collab_protocol_open(ngx_collab_ws_t *ws)
+{
+    ngx_collab_resolve(ws->data);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_collab_protocol_close(ngx_collab_ws_t *ws)
+{
+    ngx_queue_t        *q;
+    ngx_collab_req_t   *req;
+    ngx_collab_conn_t  *conn;
+
+    conn = ws->data;
+
+    while (!ngx_queue_empty(&conn->requests)) {
+        q = ngx_queue_head(&conn->requests);
+        ngx_queue_remove(q);
+
+        req = ngx_queue_data(q, ngx_collab_req_t, link);
+        req->conn = NULL;
+    }
+
+    while (!ngx_queue_empty(&conn->members)) {
+        q = ngx_queue_head(&conn->members);
+        ngx_collab_member_remove(ngx_queue_data(q, ngx_collab_member_t,
+                                                conn_link));
+    }
+
+    ngx_collab_send_detach(conn);
+
+    if (conn->deferred) {
+        json_decref(conn->deferred);
+        conn->deferred = NULL;
+    }
+}
 
 
 static void
 ngx_collab_protocol_message(ngx_collab_ws_t *ws, ngx_uint_t opcode,
     u_char *data, size_t len)
 {
-    json_t        *req, *op, *ref, *reply;
-    const char    *name;
-    json_error_t   error;
+    json_t             *req;
+    ngx_collab_conn_t  *conn;
+
+    conn = ws->data;
 
     if (opcode != NGX_COLLAB_WS_OP_TEXT) {
         ngx_collab_ws_close(ws, NGX_COLLAB_WS_CLOSE_UNSUPPORTED,
@@ -55,101 +281,1223 @@ ngx_collab_protocol_message(ngx_collab_ws_t *ws, ngx_uint_t opcode,
         return;
     }
 
-    req = json_loadb((const char *) data, len, JSON_REJECT_DUPLICATES,
-                     &error);
+    req = json_loadb((const char *) data, len, JSON_REJECT_DUPLICATES, NULL);
 
     if (req == NULL || !json_is_object(req)) {
-        ngx_collab_protocol_error(ws, "BAD_REQUEST", NULL,
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", NULL,
                                   "request is not a JSON object");
-        goto done;
+        json_decref(req);
+        return;
     }
 
-    ref = json_object_get(req, "ref");
-
-    if (ref && !json_is_string(ref) && !json_is_integer(ref)) {
-        ngx_collab_protocol_error(ws, "BAD_REQUEST", NULL,
-                                  "\"ref\" must be a string or an integer");
-        goto done;
-    }
-
-    op = json_object_get(req, "op");
-
-    if (!json_is_string(op)) {
-        ngx_collab_protocol_error(ws, "BAD_REQUEST", ref,
-                                  "\"op\" must be a string");
-        goto done;
-    }
-
-    name = json_string_value(op);
-
-    if (ngx_strcmp(name, "ping") == 0) {
-        reply = json_pack("{s:s}", "op", "pong");
-
-        if (reply && ref) {
-            json_object_set(reply, "ref", ref);
-        }
-
-        ngx_collab_protocol_reply(ws, reply);
-        goto done;
-    }
-
-    ngx_collab_protocol_error(ws, "BAD_REQUEST", ref, "unknown op");
-
-done:
+    ngx_collab_protocol_dispatch(conn, req);
 
     json_decref(req);
 }
 
 
 static void
-ngx_collab_protocol_error(ngx_collab_ws_t *ws, const char *code, json_t *ref,
-    const char *message)
+ngx_collab_protocol_dispatch(ngx_collab_conn_t *conn, json_t *req)
 {
-    json_t  *reply;
+    json_t           *op, *ref;
+    const char       *name;
+    ngx_collab_op_t  *o;
 
-    reply = json_pack("{s:s,s:s,s:s}", "op", "error", "code", code,
-                      "message", message);
+    ref = json_object_get(req, "ref");
 
-    if (reply) {
-        json_object_set(reply, "ref", ref ? ref : json_null());
+    if (ref && !json_is_string(ref) && !json_is_integer(ref)) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", NULL,
+                                  "\"ref\" must be a string or an integer");
+        return;
     }
 
-    ngx_collab_protocol_reply(ws, reply);
+    op = json_object_get(req, "op");
+
+    if (!json_is_string(op)) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"op\" must be a string");
+        return;
+    }
+
+    name = json_string_value(op);
+
+    for (o = ngx_collab_ops; o->name; o++) {
+        if (ngx_strcmp(o->name, name) == 0) {
+            break;
+        }
+    }
+
+    if (o->name == NULL) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref, "unknown op");
+        return;
+    }
+
+    if (o->needs_user && conn->user_id == 0) {
+
+        /* served once the user is known */
+
+        if (conn->deferred == NULL) {
+            conn->deferred = json_array();
+        }
+
+        if (conn->deferred == NULL
+            || json_array_size(conn->deferred) >= NGX_COLLAB_DEFERRED_MAX
+            || json_array_append(conn->deferred, req) != 0)
+        {
+            ngx_collab_protocol_error(conn, "UNAVAILABLE", ref,
+                                      "too many requests before the "
+                                      "user is known");
+            return;
+        }
+
+        if (!conn->resolving) {
+            ngx_collab_resolve(conn);
+        }
+
+        return;
+    }
+
+    o->handler(conn, req, ref);
 }
 
 
-/* serializes a reply straight into a frame and queues it; takes reply */
+/* the user row: upserted by external id when the connection opens */
+
 
 static void
-ngx_collab_protocol_reply(ngx_collab_ws_t *ws, json_t *reply)
+ngx_collab_resolve(ngx_collab_conn_t *conn)
+{
+    ngx_collab_req_t       *req;
+    ngx_collab_pg_query_t  *q;
+
+    req = ngx_collab_req_create(conn, NGX_COLLAB_OP_RESOLVE, NULL);
+    if (req == NULL) {
+        ngx_collab_resolved(conn);
+        return;
+    }
+
+    q = ngx_collab_pg_query_create(ngx_collab_sql_upsert_user, 2,
+                                   conn->user.len + conn->user_name.len);
+    if (q == NULL) {
+        ngx_collab_req_free(req);
+        ngx_collab_resolved(conn);
+        return;
+    }
+
+    (void) ngx_collab_pg_param(q, 0, conn->user.data, conn->user.len);
+    (void) ngx_collab_pg_param(q, 1, conn->user_name.len
+                                     ? conn->user_name.data : NULL,
+                               conn->user_name.len);
+
+    q->handler = ngx_collab_resolve_done;
+    q->data = req;
+
+    if (ngx_collab_pg_send(q) != NGX_OK) {
+        ngx_collab_req_free(req);
+        ngx_collab_resolved(conn);
+        return;
+    }
+
+    conn->resolving = 1;
+}
+
+
+static void
+ngx_collab_resolve_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    ngx_collab_req_t   *req;
+    ngx_collab_conn_t  *conn;
+
+    req = ngx_collab_req_result(q, res);
+    if (req == NULL) {
+        return;
+    }
+
+    conn = req->conn;
+    ngx_collab_req_free(req);
+
+    conn->resolving = 0;
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
+        == NGX_OK && PQntuples(res) == 1)
+    {
+        conn->user_id = ngx_collab_store_int(res, 0, "id");
+    }
+
+    ngx_collab_resolved(conn);
+}
+
+
+/* serves the requests that waited for the user, or fails them */
+
+static void
+ngx_collab_resolved(ngx_collab_conn_t *conn)
+{
+    size_t   i, n;
+    json_t  *deferred, *r;
+
+    deferred = conn->deferred;
+    conn->deferred = NULL;
+
+    if (deferred == NULL) {
+        return;
+    }
+
+    n = json_array_size(deferred);
+
+    for (i = 0; i < n; i++) {
+        r = json_array_get(deferred, i);
+
+        if (conn->user_id) {
+            ngx_collab_protocol_dispatch(conn, r);
+
+        } else {
+            ngx_collab_protocol_error(conn, "UNAVAILABLE",
+                                      json_object_get(r, "ref"),
+                                      "the user store is unavailable");
+        }
+    }
+
+    json_decref(deferred);
+}
+
+
+/* ops */
+
+
+static void
+ngx_collab_op_ping(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    ngx_collab_protocol_reply(conn, json_pack("{s:s,s:O?}", "op", "pong",
+                                              "ref", ref));
+}
+
+
+static void
+ngx_collab_op_create(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    size_t                  i, len, chars, blank;
+    int64_t                 max;
+    json_t                 *title, *type, *pub;
+    ngx_int_t               rc;
+    const char             *t, *ty;
+    ngx_collab_req_t       *cr;
+    ngx_collab_pg_query_t  *q;
+
+    title = json_object_get(req, "title");
+
+    if (!json_is_string(title)) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"title\" must be a string");
+        return;
+    }
+
+    t = json_string_value(title);
+    len = json_string_length(title);
+    chars = 0;
+    blank = 1;
+
+    for (i = 0; i < len; i++) {
+        if (((u_char) t[i] & 0xc0) != 0x80) {
+            chars++;
+        }
+
+        if (t[i] != ' ' && t[i] != '\t' && t[i] != '\n' && t[i] != '\r') {
+            blank = 0;
+        }
+    }
+
+    if (blank || chars > 200) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"title\" must have 1 to 200 characters");
+        return;
+    }
+
+    type = json_object_get(req, "type");
+    ty = "text";
+
+    if (type) {
+        ty = json_is_string(type) ? json_string_value(type) : "";
+
+        if (ngx_strcmp(ty, "text") != 0
+            && ngx_strcmp(ty, "text-to-image") != 0
+            && ngx_strcmp(ty, "image-to-image") != 0)
+        {
+            ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                      "\"type\" must be \"text\", "
+                                      "\"text-to-image\" or "
+                                      "\"image-to-image\"");
+            return;
+        }
+    }
+
+    pub = json_object_get(req, "isPublic");
+
+    if (pub && !json_is_boolean(pub)) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"isPublic\" must be a boolean");
+        return;
+    }
+
+    rc = ngx_collab_get_int(req, "maxParticipants", 1, 100000, &max);
+
+    if (rc == NGX_ERROR) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"maxParticipants\" must be an integer "
+                                  "from 1 to 100000");
+        return;
+    }
+
+    cr = ngx_collab_req_create(conn, NGX_COLLAB_OP_CREATE, ref);
+    if (cr == NULL) {
+        return;
+    }
+
+    q = ngx_collab_pg_query_create(ngx_collab_sql_create_session, 6,
+                                   len + 16 + NGX_INT64_LEN * 2 + 5
+                                   + conn->user.len);
+    if (q == NULL) {
+        ngx_collab_req_free(cr);
+        return;
+    }
+
+    (void) ngx_collab_pg_param(q, 0, (u_char *) t, len);
+    (void) ngx_collab_pg_param(q, 1, (u_char *) ty, ngx_strlen(ty));
+    (void) ngx_collab_pg_param_int(q, 2, conn->user_id);
+
+    if (rc == NGX_OK) {
+        (void) ngx_collab_pg_param_int(q, 3, max);
+
+    } else {
+        (void) ngx_collab_pg_param(q, 3, NULL, 0);
+    }
+
+    if (json_is_true(pub)) {
+        (void) ngx_collab_pg_param(q, 4, (u_char *) "true", 4);
+
+    } else {
+        (void) ngx_collab_pg_param(q, 4, (u_char *) "false", 5);
+    }
+
+    (void) ngx_collab_pg_param(q, 5, conn->user.data, conn->user.len);
+
+    (void) ngx_collab_req_send(cr, q, ngx_collab_op_create_done);
+}
+
+
+static void
+ngx_collab_op_create_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    ngx_collab_req_t  *req;
+
+    req = ngx_collab_req_result(q, res);
+    if (req == NULL) {
+        return;
+    }
+
+    if (ngx_collab_store_is(res, "23514", NULL)) {
+        ngx_collab_protocol_error(req->conn, "BAD_REQUEST", req->ref,
+                                  "invalid session");
+
+    } else if (ngx_collab_store_ok(res, PGRES_TUPLES_OK,
+                                   req->conn->ws->connection->log) != NGX_OK
+               || PQntuples(res) != 1)
+    {
+        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
+                                  "the session store is unavailable");
+
+    } else {
+        ngx_collab_protocol_reply(req->conn,
+                                  json_pack("{s:s,s:O?,s:o}",
+                                            "op", "created",
+                                            "ref", req->ref,
+                                            "session",
+                                            ngx_collab_store_session(res, 0)));
+    }
+
+    ngx_collab_req_free(req);
+}
+
+
+static void
+ngx_collab_op_sessions(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    int64_t                 limit;
+    ngx_collab_req_t       *sr;
+    ngx_collab_pg_query_t  *q;
+
+    if (ngx_collab_get_int(req, "limit", 1, NGX_COLLAB_SESSIONS_MAX, &limit)
+        == NGX_ERROR)
+    {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"limit\" must be an integer "
+                                  "from 1 to 200");
+        return;
+    }
+
+    sr = ngx_collab_req_create(conn, NGX_COLLAB_OP_SESSIONS, ref);
+    if (sr == NULL) {
+        return;
+    }
+
+    q = ngx_collab_pg_query_create(ngx_collab_sql_my_sessions, 2,
+                                   2 * NGX_INT64_LEN);
+    if (q == NULL) {
+        ngx_collab_req_free(sr);
+        return;
+    }
+
+    (void) ngx_collab_pg_param_int(q, 0, conn->user_id);
+    (void) ngx_collab_pg_param_int(q, 1, limit ? limit : 50);
+
+    (void) ngx_collab_req_send(sr, q, ngx_collab_op_sessions_done);
+}
+
+
+static void
+ngx_collab_op_sessions_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    int                i, n;
+    json_t            *list;
+    ngx_collab_req_t  *req;
+
+    req = ngx_collab_req_result(q, res);
+    if (req == NULL) {
+        return;
+    }
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK,
+                            req->conn->ws->connection->log) != NGX_OK)
+    {
+        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
+                                  "the session store is unavailable");
+        ngx_collab_req_free(req);
+        return;
+    }
+
+    list = json_array();
+    n = PQntuples(res);
+
+    for (i = 0; list && i < n; i++) {
+        if (json_array_append_new(list, ngx_collab_store_session(res, i))) {
+            json_decref(list);
+            list = NULL;
+        }
+    }
+
+    ngx_collab_protocol_reply(req->conn,
+                              list ? json_pack("{s:s,s:O?,s:o}",
+                                               "op", "sessions",
+                                               "ref", req->ref,
+                                               "sessions", list)
+                                   : NULL);
+
+    ngx_collab_req_free(req);
+}
+
+
+static void
+ngx_collab_op_join(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    int64_t                 since;
+    ngx_str_t               slug;
+    ngx_int_t               rc;
+    ngx_collab_req_t       *jr;
+    ngx_collab_member_t    *m;
+    ngx_collab_pg_query_t  *q;
+
+    if (ngx_collab_slug(req, &slug) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"session\" must be a session id");
+        return;
+    }
+
+    rc = ngx_collab_get_int(req, "since", 0, INT64_MAX, &since);
+
+    if (rc == NGX_ERROR) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"since\" must be a non-negative integer");
+        return;
+    }
+
+    m = ngx_collab_member_find(conn, &slug);
+
+    if (m && m->joining) {
+        ngx_collab_protocol_error(conn, "CONFLICT", ref,
+                                  "a join of this session is in progress");
+        return;
+    }
+
+    jr = ngx_collab_req_create(conn, NGX_COLLAB_OP_JOIN, ref);
+    if (jr == NULL) {
+        return;
+    }
+
+    jr->since = (rc == NGX_OK) ? since : -1;
+
+    /* the access check runs again on every join: rights may change */
+
+    q = ngx_collab_pg_query_create(ngx_collab_sql_join_session, 2,
+                                   slug.len + NGX_INT64_LEN);
+    if (q == NULL) {
+        ngx_collab_req_free(jr);
+        return;
+    }
+
+    (void) ngx_collab_pg_param(q, 0, slug.data, slug.len);
+    (void) ngx_collab_pg_param_int(q, 1, conn->user_id);
+
+    (void) ngx_collab_req_send(jr, q, ngx_collab_op_join_done);
+}
+
+
+static void
+ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    int                   col;
+    int64_t               id;
+    ngx_str_t             slug;
+    ngx_queue_t          *qq;
+    ngx_collab_req_t     *req;
+    ngx_collab_conn_t    *conn;
+    ngx_collab_room_t    *room;
+    ngx_collab_member_t  *m;
+
+    req = ngx_collab_req_result(q, res);
+    if (req == NULL) {
+        return;
+    }
+
+    conn = req->conn;
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
+        != NGX_OK)
+    {
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
+                                  "the session store is unavailable");
+        goto done;
+    }
+
+    if (PQntuples(res) != 1) {
+        ngx_collab_protocol_error(conn, "NOT_FOUND", req->ref,
+                                  "session not found");
+        goto done;
+    }
+
+    col = PQfnumber(res, "role");
+
+    if (PQgetisnull(res, 0, col)) {
+        col = PQfnumber(res, "is_public");
+
+        if (PQgetvalue(res, 0, col)[0] == 't') {
+            ngx_collab_protocol_error(conn, "CONFLICT", req->ref,
+                                      "the session is full");
+
+        } else {
+            ngx_collab_protocol_error(conn, "ACCESS_DENIED", req->ref,
+                                      "not a participant of this session");
+        }
+
+        goto done;
+    }
+
+    id = ngx_collab_store_int(res, 0, "id");
+    col = PQfnumber(res, "slug");
+    slug.data = (u_char *) PQgetvalue(res, 0, col);
+    slug.len = PQgetlength(res, 0, col);
+
+    room = ngx_collab_room_get(id, &slug, conn->ws->connection->log);
+    if (room == NULL) {
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
+                                  "out of memory");
+        goto done;
+    }
+
+    m = NULL;
+
+    for (qq = ngx_queue_head(&conn->members);
+         qq != ngx_queue_sentinel(&conn->members);
+         qq = ngx_queue_next(qq))
+    {
+        m = ngx_queue_data(qq, ngx_collab_member_t, conn_link);
+
+        if (m->room == room) {
+            break;
+        }
+
+        m = NULL;
+    }
+
+    if (m && m->joining) {
+        ngx_collab_protocol_error(conn, "CONFLICT", req->ref,
+                                  "a join of this session is in progress");
+        goto done;
+    }
+
+    if (m == NULL) {
+        m = ngx_collab_member_add(room, conn, conn->ws, &conn->members);
+        if (m == NULL) {
+            ngx_collab_room_release(room);
+            ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
+                                      "out of memory");
+            goto done;
+        }
+    }
+
+    /*
+     * From here the member holds the events committed while the history
+     * is read, so that none falls between the two.
+     */
+
+    m->joining = 1;
+    m->live = 0;
+    m->last_seq = req->since > 0 ? req->since : 0;
+
+    req->member = m;
+    req->session = ngx_collab_store_session(res, 0);
+
+    if (req->session == NULL || ngx_collab_join_read(req) != NGX_OK) {
+        m->joining = 0;
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
+                                  "the message store is unavailable");
+        goto done;
+    }
+
+    return;
+
+done:
+
+    ngx_collab_req_free(req);
+}
+
+
+/* the messages a join returns: after "since", or the last ones */
+
+static ngx_int_t
+ngx_collab_join_read(ngx_collab_req_t *jr)
+{
+    ngx_collab_pg_query_t   *q;
+    ngx_collab_main_conf_t  *cmcf;
+
+    if (jr->since >= 0) {
+        jr->limit = NGX_COLLAB_SINCE_PAGE;
+
+        q = ngx_collab_pg_query_create(ngx_collab_sql_messages_since, 3,
+                                       3 * NGX_INT64_LEN);
+        if (q == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) ngx_collab_pg_param_int(q, 0, jr->member->room->id);
+        (void) ngx_collab_pg_param_int(q, 1, jr->since);
+        (void) ngx_collab_pg_param_int(q, 2, jr->limit + 1);
+
+    } else {
+        cmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                   ngx_collab_module);
+        jr->limit = cmcf->join_history;
+
+        q = ngx_collab_pg_query_create(ngx_collab_sql_history_before, 3,
+                                       3 * NGX_INT64_LEN);
+        if (q == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) ngx_collab_pg_param_int(q, 0, jr->member->room->id);
+        (void) ngx_collab_pg_param(q, 1, NULL, 0);
+        (void) ngx_collab_pg_param_int(q, 2, jr->limit + 1);
+    }
+
+    q->handler = ngx_collab_op_join_read_done;
+    q->data = jr;
+
+    return ngx_collab_pg_send(q);
+}
+
+
+static void
+ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    int                   n, first, last;
+    json_t               *messages, *last_seq;
+    int64_t               max_seq, session_seq;
+    ngx_uint_t            more, live;
+    ngx_collab_req_t     *req;
+    ngx_collab_conn_t    *conn;
+    ngx_collab_member_t  *m;
+
+    req = ngx_collab_req_result(q, res);
+    if (req == NULL) {
+        return;
+    }
+
+    conn = req->conn;
+    m = req->member;
+    m->joining = 0;
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
+        != NGX_OK)
+    {
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
+                                  "the message store is unavailable");
+        ngx_collab_req_free(req);
+        return;
+    }
+
+    n = PQntuples(res);
+    more = (ngx_uint_t) n > req->limit;
+
+    /* since: the extra row is the last; last N: the first (oldest) */
+
+    first = (more && req->since < 0) ? 1 : 0;
+    last = more ? (int) req->limit + first : n;
+
+    max_seq = req->since > 0 ? req->since : 0;
+
+    messages = ngx_collab_messages(res, first, last, &max_seq);
+
+    if (req->since >= 0) {
+        live = ngx_collab_member_advance(m, max_seq, more);
+        more = !live;
+
+    } else {
+        live = ngx_collab_member_advance(m, max_seq, 0);
+    }
+
+    last_seq = json_object_get(req->session, "lastSeq");
+    session_seq = json_integer_value(last_seq);
+
+    ngx_collab_protocol_reply(conn,
+                              messages
+                              ? json_pack("{s:s,s:O?,s:O,s:I,s:o,s:b}",
+                                          "op", "joined",
+                                          "ref", req->ref,
+                                          "session", req->session,
+                                          "lastSeq", (json_int_t)
+                                              ngx_max(session_seq, max_seq),
+                                          "messages", messages,
+                                          "more", (int) more)
+                              : NULL);
+
+    if (live) {
+        ngx_collab_member_live(m);
+    }
+
+    ngx_collab_req_free(req);
+}
+
+
+static void
+ngx_collab_op_leave(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    ngx_str_t             slug;
+    ngx_collab_member_t  *m;
+
+    if (ngx_collab_slug(req, &slug) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"session\" must be a session id");
+        return;
+    }
+
+    m = ngx_collab_member_find(conn, &slug);
+
+    if (m == NULL) {
+        ngx_collab_protocol_error(conn, "NOT_FOUND", ref,
+                                  "not joined to this session");
+        return;
+    }
+
+    if (m->joining) {
+        ngx_collab_protocol_error(conn, "CONFLICT", ref,
+                                  "a join of this session is in progress");
+        return;
+    }
+
+    ngx_collab_member_remove(m);
+
+    ngx_collab_protocol_reply(conn, json_pack("{s:s,s:O?,s:s%}",
+                                              "op", "left", "ref", ref,
+                                              "session", slug.data,
+                                              slug.len));
+}
+
+
+static void
+ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    size_t                i, chars;
+    json_t               *body, *cmid;
+    ngx_str_t             slug, b, id;
+    ngx_int_t             rc;
+    ngx_collab_member_t  *m;
+
+    if (ngx_collab_slug(req, &slug) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"session\" must be a session id");
+        return;
+    }
+
+    body = json_object_get(req, "body");
+
+    if (!json_is_string(body) || json_string_length(body) == 0) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"body\" must be a non-empty string");
+        return;
+    }
+
+    if (json_string_length(body) > conn->ws->conf->max_body_size) {
+        ngx_collab_protocol_error(conn, "TOO_LARGE", ref,
+                                  "\"body\" is larger than "
+                                  "collab_max_body_size");
+        return;
+    }
+
+    cmid = json_object_get(req, "clientMsgId");
+
+    if (!json_is_string(cmid)) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"clientMsgId\" must be a string");
+        return;
+    }
+
+    id.data = (u_char *) json_string_value(cmid);
+    id.len = json_string_length(cmid);
+
+    for (i = 0, chars = 0; i < id.len; i++) {
+        if ((id.data[i] & 0xc0) != 0x80) {
+            chars++;
+        }
+    }
+
+    if (chars == 0 || chars > 128) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"clientMsgId\" must have 1 to 128 "
+                                  "characters");
+        return;
+    }
+
+    m = ngx_collab_member_find(conn, &slug);
+
+    if (m == NULL) {
+        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
+                                  "join the session before sending");
+        return;
+    }
+
+    b.data = (u_char *) json_string_value(body);
+    b.len = json_string_length(body);
+
+    rc = ngx_collab_send(conn, m->room, ref, &b, &id);
+
+    switch (rc) {
+
+    case NGX_OK:
+        return;
+
+    case NGX_BUSY:
+        ngx_collab_protocol_error(conn, "RATE_LIMITED", ref,
+                                  "too many sends are waiting for their ack");
+        return;
+
+    default:
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", ref,
+                                  "the message store is unavailable");
+        return;
+    }
+}
+
+
+static void
+ngx_collab_op_history(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    int64_t                 before, limit;
+    ngx_str_t               slug;
+    ngx_int_t               rc;
+    ngx_collab_req_t       *hr;
+    ngx_collab_member_t    *m;
+    ngx_collab_pg_query_t  *q;
+
+    if (ngx_collab_slug(req, &slug) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"session\" must be a session id");
+        return;
+    }
+
+    rc = ngx_collab_get_int(req, "before", 1, INT64_MAX, &before);
+
+    if (rc == NGX_ERROR) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"before\" must be a positive integer");
+        return;
+    }
+
+    if (ngx_collab_get_int(req, "limit", 1, NGX_COLLAB_HISTORY_MAX, &limit)
+        == NGX_ERROR)
+    {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"limit\" must be an integer "
+                                  "from 1 to 200");
+        return;
+    }
+
+    m = ngx_collab_member_find(conn, &slug);
+
+    if (m == NULL) {
+        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
+                                  "join the session before reading it");
+        return;
+    }
+
+    hr = ngx_collab_req_create(conn, NGX_COLLAB_OP_HISTORY, ref);
+    if (hr == NULL) {
+        return;
+    }
+
+    hr->limit = limit ? limit : 50;
+    hr->since = -1;
+
+    q = ngx_collab_pg_query_create(ngx_collab_sql_history_before, 3,
+                                   3 * NGX_INT64_LEN);
+    if (q == NULL) {
+        ngx_collab_req_free(hr);
+        return;
+    }
+
+    (void) ngx_collab_pg_param_int(q, 0, m->room->id);
+
+    if (rc == NGX_OK) {
+        (void) ngx_collab_pg_param_int(q, 1, before);
+
+    } else {
+        (void) ngx_collab_pg_param(q, 1, NULL, 0);
+    }
+
+    (void) ngx_collab_pg_param_int(q, 2, hr->limit + 1);
+
+    hr->session = json_stringn((char *) slug.data, slug.len);
+
+    (void) ngx_collab_req_send(hr, q, ngx_collab_op_history_done);
+}
+
+
+static void
+ngx_collab_op_history_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    int                n;
+    json_t            *messages;
+    int64_t            max_seq;
+    ngx_uint_t         more;
+    ngx_collab_req_t  *req;
+
+    req = ngx_collab_req_result(q, res);
+    if (req == NULL) {
+        return;
+    }
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK,
+                            req->conn->ws->connection->log) != NGX_OK)
+    {
+        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
+                                  "the message store is unavailable");
+        ngx_collab_req_free(req);
+        return;
+    }
+
+    n = PQntuples(res);
+    more = (ngx_uint_t) n > req->limit;
+    max_seq = 0;
+
+    messages = ngx_collab_messages(res, more ? 1 : 0, n, &max_seq);
+
+    ngx_collab_protocol_reply(req->conn,
+                              messages
+                              ? json_pack("{s:s,s:O?,s:O,s:o,s:b}",
+                                          "op", "history",
+                                          "ref", req->ref,
+                                          "session", req->session,
+                                          "messages", messages,
+                                          "more", (int) more)
+                              : NULL);
+
+    ngx_collab_req_free(req);
+}
+
+
+/* requests in flight */
+
+
+static ngx_collab_req_t *
+ngx_collab_req_create(ngx_collab_conn_t *conn, ngx_collab_op_e op,
+    json_t *ref)
+{
+    ngx_collab_req_t  *req;
+
+    req = ngx_alloc(sizeof(ngx_collab_req_t), conn->ws->connection->log);
+    if (req == NULL) {
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", ref, "out of memory");
+        return NULL;
+    }
+
+    ngx_memzero(req, sizeof(ngx_collab_req_t));
+
+    req->conn = conn;
+    req->op = op;
+    req->ref = ref ? json_incref(ref) : NULL;
+    req->since = -1;
+
+    ngx_queue_insert_tail(&conn->requests, &req->link);
+
+    return req;
+}
+
+
+static void
+ngx_collab_req_free(ngx_collab_req_t *req)
+{
+    if (req->conn) {
+        ngx_queue_remove(&req->link);
+    }
+
+    if (req->ref) {
+        json_decref(req->ref);
+    }
+
+    if (req->session) {
+        json_decref(req->session);
+    }
+
+    ngx_free(req);
+}
+
+
+/* sends the query for the request; on failure answers UNAVAILABLE */
+
+static ngx_int_t
+ngx_collab_req_send(ngx_collab_req_t *req, ngx_collab_pg_query_t *q,
+    ngx_collab_pg_handler_pt handler)
+{
+    ngx_int_t  rc;
+
+    q->handler = handler;
+    q->data = req;
+
+    rc = ngx_collab_pg_send(q);
+
+    if (rc != NGX_OK) {
+        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
+                                  rc == NGX_BUSY
+                                  ? "the database is overloaded"
+                                  : "the database is unavailable");
+        ngx_collab_req_free(req);
+    }
+
+    return rc;
+}
+
+
+/* the request of a finished query, or NULL if its connection is gone */
+
+static ngx_collab_req_t *
+ngx_collab_req_result(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    ngx_collab_req_t  *req;
+
+    req = q->data;
+
+    if (req->conn == NULL) {
+        ngx_collab_req_free(req);
+        return NULL;
+    }
+
+    return req;
+}
+
+
+/* helpers */
+
+
+static json_t *
+ngx_collab_messages(PGresult *res, int first, int last, int64_t *max_seq)
+{
+    int       i;
+    int64_t   seq;
+    json_t   *list;
+
+    list = json_array();
+    if (list == NULL) {
+        return NULL;
+    }
+
+    for (i = first; i < last; i++) {
+        seq = ngx_collab_store_int(res, i, "seq");
+
+        if (seq > *max_seq) {
+            *max_seq = seq;
+        }
+
+        if (json_array_append_new(list, ngx_collab_store_message(res, i))) {
+            json_decref(list);
+            return NULL;
+        }
+    }
+
+    return list;
+}
+
+
+/* "session": a slug, 1 to 64 URL-safe characters */
+
+static ngx_int_t
+ngx_collab_slug(json_t *req, ngx_str_t *slug)
+{
+    u_char   c;
+    size_t   i;
+    json_t  *s;
+
+    s = json_object_get(req, "session");
+
+    if (!json_is_string(s)) {
+        return NGX_ERROR;
+    }
+
+    slug->data = (u_char *) json_string_value(s);
+    slug->len = json_string_length(s);
+
+    if (slug->len == 0 || slug->len > 64) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < slug->len; i++) {
+        c = slug->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_collab_member_t *
+ngx_collab_member_find(ngx_collab_conn_t *conn, ngx_str_t *slug)
+{
+    ngx_queue_t          *q;
+    ngx_collab_member_t  *m;
+
+    for (q = ngx_queue_head(&conn->members);
+         q != ngx_queue_sentinel(&conn->members);
+         q = ngx_queue_next(q))
+    {
+        m = ngx_queue_data(q, ngx_collab_member_t, conn_link);
+
+        if (m->room->slug.len == slug->len
+            && ngx_strncmp(m->room->slug.data, slug->data, slug->len) == 0)
+        {
+            return m;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* NGX_OK: set; NGX_DECLINED: absent or null (*value = 0); NGX_ERROR */
+
+static ngx_int_t
+ngx_collab_get_int(json_t *req, const char *name, int64_t min, int64_t max,
+    int64_t *value)
+{
+    json_t      *v;
+    json_int_t   n;
+
+    *value = 0;
+
+    v = json_object_get(req, name);
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_DECLINED;
+    }
+
+    if (!json_is_integer(v)) {
+        return NGX_ERROR;
+    }
+
+    n = json_integer_value(v);
+
+    if (n < min || n > max) {
+        return NGX_ERROR;
+    }
+
+    *value = n;
+
+    return NGX_OK;
+}
+
+
+/* replies */
+
+
+void
+ngx_collab_protocol_error(ngx_collab_conn_t *conn, const char *code,
+    json_t *ref, const char *message)
+{
+    ngx_collab_protocol_reply(conn, json_pack("{s:s,s:s,s:O?,s:s}",
+                                              "op", "error",
+                                              "code", code,
+                                              "ref", ref,
+                                              "message", message));
+}
+
+
+/* queues a reply on the connection; takes the reference to reply */
+
+void
+ngx_collab_protocol_reply(ngx_collab_conn_t *conn, json_t *reply)
+{
+    ngx_collab_ws_msg_t  *msg;
+
+    if (reply == NULL) {
+        ngx_collab_ws_close(conn->ws, NGX_COLLAB_WS_CLOSE_INTERNAL,
+                            "out of memory");
+        return;
+    }
+
+    msg = ngx_collab_protocol_encode(reply, conn->ws->connection->log);
+    json_decref(reply);
+
+    if (msg == NULL) {
+        ngx_collab_ws_close(conn->ws, NGX_COLLAB_WS_CLOSE_INTERNAL,
+                            "out of memory");
+        return;
+    }
+
+    (void) ngx_collab_ws_enqueue(conn->ws, msg);
+    ngx_collab_ws_msg_release(msg);
+}
+
+
+/* serializes an event once, straight into a text frame */
+
+ngx_collab_ws_msg_t *
+ngx_collab_protocol_encode(json_t *event, ngx_log_t *log)
 {
     size_t                len;
     ngx_collab_ws_msg_t  *msg;
 
-    if (reply == NULL) {
-        goto failed;
+    len = json_dumpb(event, NULL, 0, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (len == 0) {
+        return NULL;
     }
 
-    len = json_dumpb(reply, NULL, 0, JSON_COMPACT);
-
-    msg = len ? ngx_collab_ws_msg_alloc(NGX_COLLAB_WS_OP_TEXT, len,
-                                        ws->connection->log)
-              : NULL;
-
+    msg = ngx_collab_ws_msg_alloc(NGX_COLLAB_WS_OP_TEXT, len, log);
     if (msg == NULL) {
-        json_decref(reply);
-        goto failed;
+        return NULL;
     }
 
-    (void) json_dumpb(reply, (char *) msg->payload, len, JSON_COMPACT);
-    json_decref(reply);
+    (void) json_dumpb(event, (char *) msg->payload, len, JSON_COMPACT | JSON_PRESERVE_ORDER);
 
-    (void) ngx_collab_ws_enqueue(ws, msg);
-    ngx_collab_ws_msg_release(msg);
-
-    return;
-
-failed:
-
-    ngx_collab_ws_close(ws, NGX_COLLAB_WS_CLOSE_INTERNAL, "out of memory");
+    return msg;
 }

@@ -1,0 +1,89 @@
+
+/*
+ * Copyright (C) ngx_collab authors
+ */
+
+
+#ifndef _NGX_COLLAB_ROOM_H_INCLUDED_
+#define _NGX_COLLAB_ROOM_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_collab_ws.h"
+
+
+/* events held for a member while it catches up, at most */
+#define NGX_COLLAB_ROOM_HOLD  256
+
+
+typedef struct ngx_collab_conn_s    ngx_collab_conn_t;
+typedef struct ngx_collab_room_s    ngx_collab_room_t;
+typedef struct ngx_collab_member_s  ngx_collab_member_t;
+
+
+/* a chat session as this worker knows it: its local connections */
+
+struct ngx_collab_room_s {
+    ngx_rbtree_node_t           node;          /* key: chat_sessions.id */
+    int64_t                     id;
+    ngx_str_t                   slug;
+
+    ngx_queue_t                 members;
+    ngx_uint_t                  nmembers;
+
+    ngx_queue_t                 pending;       /* sends for the next batch */
+    ngx_uint_t                  npending;
+    ngx_queue_t                 ready;         /* in the worker's list */
+    unsigned                    queued:1;      /* ... of rooms to flush */
+    unsigned                    inflight:1;    /* a batch in PostgreSQL */
+    unsigned                    retried:1;
+
+    u_char                      data[1];       /* the slug */
+};
+
+
+typedef struct {
+    int64_t                     seq;
+    ngx_collab_ws_msg_t        *msg;
+} ngx_collab_held_t;
+
+
+/* one connection joined to one room */
+
+struct ngx_collab_member_s {
+    ngx_queue_t                 room_link;
+    ngx_queue_t                 conn_link;
+    ngx_collab_room_t          *room;
+    ngx_collab_conn_t          *conn;
+    ngx_collab_ws_t            *ws;
+
+    int64_t                     last_seq;      /* delivered so far */
+
+    ngx_collab_held_t          *held;          /* while catching up */
+    ngx_uint_t                  nheld;
+
+    unsigned                    live:1;
+    unsigned                    overflow:1;
+    unsigned                    joining:1;
+};
+
+
+ngx_collab_room_t *ngx_collab_room_lookup(int64_t id);
+ngx_collab_room_t *ngx_collab_room_get(int64_t id, ngx_str_t *slug,
+    ngx_log_t *log);
+void ngx_collab_room_release(ngx_collab_room_t *room);
+
+ngx_collab_member_t *ngx_collab_member_add(ngx_collab_room_t *room,
+    ngx_collab_conn_t *conn, ngx_collab_ws_t *ws, ngx_queue_t *list);
+void ngx_collab_member_remove(ngx_collab_member_t *m);
+ngx_uint_t ngx_collab_member_advance(ngx_collab_member_t *m, int64_t seq,
+    ngx_uint_t more);
+void ngx_collab_member_live(ngx_collab_member_t *m);
+
+void ngx_collab_room_deliver(ngx_collab_room_t *room, int64_t seq,
+    ngx_collab_ws_msg_t *msg);
+
+
+#endif /* _NGX_COLLAB_ROOM_H_INCLUDED_ */
