@@ -857,7 +857,12 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
     req->session = ngx_collab_store_session(res, 0);
 
     if (req->session == NULL || ngx_collab_join_read(req) != NGX_OK) {
-        m->joining = 0;
+
+        /* a member that failed to catch up is no member: join again */
+
+        ngx_collab_member_remove(m);
+        req->member = NULL;
+
         ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
                                   "the message store is unavailable");
         goto done;
@@ -938,6 +943,8 @@ ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
     if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
         != NGX_OK)
     {
+        ngx_collab_member_remove(m);
+
         ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
                                   "the message store is unavailable");
         ngx_collab_req_free(req);
@@ -1487,7 +1494,7 @@ ngx_collab_protocol_encode(json_t *event, ngx_log_t *log)
     size_t                len;
     ngx_collab_ws_msg_t  *msg;
 
-    len = json_dumpb(event, NULL, 0, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    len = json_dumpb(event, NULL, 0, NGX_COLLAB_JSON_FLAGS);
     if (len == 0) {
         return NULL;
     }
@@ -1497,7 +1504,7 @@ ngx_collab_protocol_encode(json_t *event, ngx_log_t *log)
         return NULL;
     }
 
-    (void) json_dumpb(event, (char *) msg->payload, len, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    (void) json_dumpb(event, (char *) msg->payload, len, NGX_COLLAB_JSON_FLAGS);
 
     return msg;
 }

@@ -17,6 +17,9 @@
 #include "ngx_collab_room.h"
 
 
+/* events and replies: compact, keys in the order they were set */
+#define NGX_COLLAB_JSON_FLAGS     (JSON_COMPACT | JSON_PRESERVE_ORDER)
+
 /* requests a connection may have waiting for its identity, at most */
 #define NGX_COLLAB_DEFERRED_MAX   32
 
