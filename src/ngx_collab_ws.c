@@ -295,9 +295,17 @@ ngx_collab_ws_read_handler(ngx_event_t *rev)
                               ngx_collab_ws_buffer + n);
     }
 
-    if (ngx_exiting && !ws->close_sent) {
-        ngx_collab_ws_close(ws, NGX_COLLAB_WS_CLOSE_RESTART,
-                            "server restart");
+    if (ngx_exiting) {
+
+        if (ws->lingering) {
+            ngx_collab_ws_finalize(ws);
+            return;
+        }
+
+        if (!ws->close_sent) {
+            ngx_collab_ws_close(ws, NGX_COLLAB_WS_CLOSE_RESTART,
+                                "server restart");
+        }
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
@@ -690,7 +698,10 @@ ngx_collab_ws_close(ngx_collab_ws_t *ws, ngx_uint_t code, const char *reason)
         p = msg->payload;
         *p++ = (u_char) (code >> 8);
         *p++ = (u_char) code;
-        ngx_memcpy(p, reason, len);
+
+        if (len) {
+            ngx_memcpy(p, reason, len);
+        }
 
         if (ngx_collab_ws_queue(ws, msg) != NGX_OK) {
             ws->failed = 1;
@@ -966,7 +977,9 @@ ngx_collab_ws_linger(ngx_collab_ws_t *ws)
 
     ws->lingering = 1;
 
-    if (c->ssl) {
+    /* an exiting worker does not wait for peers to hang up */
+
+    if (c->ssl || ngx_exiting) {
         return NGX_DONE;
     }
 
