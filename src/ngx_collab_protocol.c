@@ -213,7 +213,10 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
 
     conn->user_name.data = conn->user.data + user.len;
     conn->user_name.len = name.len;
-    ngx_memcpy(conn->user_name.data, name.data, name.len);
+
+    if (name.len) {
+        ngx_memcpy(conn->user_name.data, name.data, name.len);
+    }
 
     ngx_queue_init(&conn->members);
     ngx_queue_init(&conn->requests);

@@ -249,6 +249,16 @@ ngx_collab_ws_read_handler(ngx_event_t *rev)
         c->close = 0;
         ngx_collab_ws_close(ws, NGX_COLLAB_WS_CLOSE_RESTART,
                             "server restart");
+
+        /*
+         * called by ngx_close_idle_connections() outside of event
+         * processing: a posted event would wait for the next timer
+         */
+
+        if (c->write->posted) {
+            ngx_delete_posted_event(c->write);
+            ngx_post_event(c->write, &ngx_posted_next_events);
+        }
     }
 
     for (i = 0; rev->ready; i++) {
