@@ -122,11 +122,16 @@ typedef struct {
  * Enforced here: mask bit, reserved bits, known opcodes, control frames
  * unfragmented and at most 125 bytes, continuation only inside a
  * fragmented message, no new data frame inside one, 63-bit lengths,
- * minimal length encoding is not required (RFC 6455 does not), message
+ * message
  * size limit (checked on each header, before any payload), and UTF-8
  * of text messages across fragments, failing at the first bad byte.
  * Close frame payloads are handed out as DATA and are checked by
  * ngx_collab_ws_close_check() once complete.
+ *
+ * Not enforced: the minimal length encoding.  RFC 6455, 5.2 asks senders
+ * for it but gives receivers no duty to fail on a longer form, and data
+ * frames in one are accepted (a control frame's extended length is above
+ * 125 and fails anyway).
  */
 int ngx_collab_ws_parse(ngx_collab_ws_parser_t *p, u_char **pos, u_char *last);
 

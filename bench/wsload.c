@@ -1,0 +1,1323 @@
+
+/*
+ * Copyright (C) ngx_collab authors
+ */
+
+
+/*
+ * wsload: a WebSocket load generator for the ngx_collab echo endpoint.
+ *
+ * One process, one epoll loop, non-blocking sockets, and its own client
+ * side of RFC 6455 (handshake with a checked Sec-WebSocket-Accept, masked
+ * frames, unmasked server frames, ping answered with pong, close
+ * handshake), so that it measures nginx and not a library.
+ *
+ *   wsload --mode echo --conns N --duration S --size B --url ws://H:P/path
+ *       N connections each send a text message of B bytes, wait for the
+ *       echo, compare it byte for byte and send the next; prints
+ *       round-trips/s, p50/p99/max latency and errors.
+ *
+ *   wsload --mode idle --conns N --hold S --url ...
+ *       opens N connections, completes the handshakes, prints
+ *       "established N" and holds them idle for S seconds, then closes.
+ *
+ * Connections are opened at most --inflight at a time so the listen
+ * queue does not overflow; --src-ips K binds them round-robin to
+ * 127.0.0.2 .. 127.0.0.(K+1) for more ephemeral ports.  The exit status
+ * is 1 when any connection failed or any echo was wrong.
+ */
+
+
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT  24
+#endif
+
+#define WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#define HIST_SUB       64
+#define HIST_BUCKETS   (HIST_SUB * 40)
+
+
+typedef unsigned char  u_char;
+
+
+enum {
+    st_connecting = 0,
+    st_handshake,
+    st_open,
+    st_closing,
+    st_done
+};
+
+
+typedef struct {
+    int            fd;
+    int            state;
+    unsigned       id;
+
+    char           key[25];
+
+    /* output not yet written */
+    u_char        *out;
+    size_t         out_len;
+    size_t         out_cap;
+    int            want_write;
+
+    /* input not yet parsed */
+    u_char        *in;
+    size_t         in_len;
+    size_t         in_cap;
+
+    /* echo: the message in flight */
+    int            waiting;
+    uint32_t       seq;
+    uint64_t       sent_at;
+    size_t         got;         /* bytes of the echo compared so far */
+    int            in_message;
+} conn_t;
+
+
+typedef struct {
+    const char    *mode;
+    unsigned       conns;
+    double         duration;
+    double         hold;
+    size_t         size;
+    unsigned       src_ips;
+    unsigned       inflight;
+    char           host[256];
+    char           hostport[300];
+    char           path[1024];
+    struct sockaddr_in  addr;
+} opts_t;
+
+
+static opts_t     opt;
+static conn_t    *conns;
+static int        ep;
+static uint32_t   rng = 0x9e3779b9;
+static volatile sig_atomic_t  stop;
+
+static unsigned   n_started, n_established, n_closed;
+static unsigned   n_connect_err, n_handshake_err, n_proto_err, n_mismatch;
+static unsigned   n_server_close, n_unclean;
+static uint64_t   n_roundtrips;
+static int        measuring;
+
+static uint64_t   hist[HIST_BUCKETS];
+static uint64_t   lat_max, lat_count;
+
+
+static void
+die(const char *fmt, ...)
+{
+    va_list  args;
+
+    va_start(args, fmt);
+    fprintf(stderr, "wsload: ");
+    vfprintf(stderr, fmt, args);
+    fprintf(stderr, "\n");
+    va_end(args);
+
+    exit(2);
+}
+
+
+static uint64_t
+now_us(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+
+static uint32_t
+rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    return rng;
+}
+
+
+/* SHA-1 (FIPS 180-4), for Sec-WebSocket-Accept only */
+
+#define ROL(x, n)  (((x) << (n)) | ((x) >> (32 - (n))))
+
+static void
+sha1(const u_char *data, size_t len, u_char out[20])
+{
+    u_char     block[64];
+    size_t     i, off, total;
+    uint32_t   h[5], w[80], a, b, c, d, e, f, k, t;
+    uint64_t   bits;
+
+    h[0] = 0x67452301;
+    h[1] = 0xefcdab89;
+    h[2] = 0x98badcfe;
+    h[3] = 0x10325476;
+    h[4] = 0xc3d2e1f0;
+
+    bits = (uint64_t) len * 8;
+    total = ((len + 8) / 64 + 1) * 64;
+
+    for (off = 0; off < total; off += 64) {
+
+        /* the block: message bytes, then 0x80, zeros, the bit length */
+        for (i = 0; i < 64; i++) {
+            if (off + i < len) {
+                block[i] = data[off + i];
+
+            } else if (off + i == len) {
+                block[i] = 0x80;
+
+            } else if (off + i >= total - 8) {
+                block[i] = (u_char) (bits >> (8 * (total - 1 - off - i)));
+
+            } else {
+                block[i] = 0;
+            }
+        }
+
+        for (i = 0; i < 16; i++) {
+            w[i] = (uint32_t) block[4 * i] << 24
+                   | (uint32_t) block[4 * i + 1] << 16
+                   | (uint32_t) block[4 * i + 2] << 8
+                   | block[4 * i + 3];
+        }
+
+        for (i = 16; i < 80; i++) {
+            t = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16];
+            w[i] = ROL(t, 1);
+        }
+
+        a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4];
+
+        for (i = 0; i < 80; i++) {
+            if (i < 20) {
+                f = (b & c) | (~b & d);
+                k = 0x5a827999;
+
+            } else if (i < 40) {
+                f = b ^ c ^ d;
+                k = 0x6ed9eba1;
+
+            } else if (i < 60) {
+                f = (b & c) | (b & d) | (c & d);
+                k = 0x8f1bbcdc;
+
+            } else {
+                f = b ^ c ^ d;
+                k = 0xca62c1d6;
+            }
+
+            t = ROL(a, 5) + f + e + k + w[i];
+            e = d;
+            d = c;
+            c = ROL(b, 30);
+            b = a;
+            a = t;
+        }
+
+        h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
+    }
+
+    for (i = 0; i < 20; i++) {
+        out[i] = (u_char) (h[i / 4] >> (24 - 8 * (i % 4)));
+    }
+}
+
+
+static void
+base64(const u_char *src, size_t len, char *dst)
+{
+    size_t       i;
+    uint32_t     v;
+    static const char  tab[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    for (i = 0; i + 2 < len; i += 3) {
+        v = (uint32_t) src[i] << 16 | (uint32_t) src[i + 1] << 8 | src[i + 2];
+        *dst++ = tab[v >> 18];
+        *dst++ = tab[(v >> 12) & 63];
+        *dst++ = tab[(v >> 6) & 63];
+        *dst++ = tab[v & 63];
+    }
+
+    if (len - i == 1) {
+        v = (uint32_t) src[i] << 16;
+        *dst++ = tab[v >> 18];
+        *dst++ = tab[(v >> 12) & 63];
+        *dst++ = '=';
+        *dst++ = '=';
+
+    } else if (len - i == 2) {
+        v = (uint32_t) src[i] << 16 | (uint32_t) src[i + 1] << 8;
+        *dst++ = tab[v >> 18];
+        *dst++ = tab[(v >> 12) & 63];
+        *dst++ = tab[(v >> 6) & 63];
+        *dst++ = '=';
+    }
+
+    *dst = '\0';
+}
+
+
+static void
+ws_accept(const char *key, char *accept)
+{
+    char    buf[64];
+    u_char  md[20];
+
+    snprintf(buf, sizeof(buf), "%s%s", key, WS_GUID);
+    sha1((u_char *) buf, strlen(buf), md);
+    base64(md, 20, accept);
+}
+
+
+/* latency histogram: 64 linear sub-buckets per power of two, in us */
+
+static unsigned
+hist_index(uint64_t v)
+{
+    unsigned  e;
+
+    if (v < HIST_SUB) {
+        return (unsigned) v;
+    }
+
+    e = 63 - (unsigned) __builtin_clzll(v) - 5;      /* v >> e in 64..127 */
+
+    if (e + 1 >= HIST_BUCKETS / HIST_SUB) {
+        return HIST_BUCKETS - 1;
+    }
+
+    return e * HIST_SUB + (unsigned) (v >> e);
+}
+
+
+static uint64_t
+hist_value(unsigned i)
+{
+    unsigned  e;
+
+    if (i < 2 * HIST_SUB) {
+        return i;
+    }
+
+    /* the upper end of the bucket */
+    e = i / HIST_SUB - 1;
+
+    return ((uint64_t) (i - e * HIST_SUB) << e) + ((uint64_t) 1 << e) - 1;
+}
+
+
+static uint64_t
+hist_percentile(double pct)
+{
+    unsigned  i;
+    uint64_t  want, seen;
+
+    if (lat_count == 0) {
+        return 0;
+    }
+
+    want = (uint64_t) (pct / 100.0 * (double) lat_count + 0.5);
+
+    if (want == 0) {
+        want = 1;
+    }
+
+    seen = 0;
+
+    for (i = 0; i < HIST_BUCKETS; i++) {
+        seen += hist[i];
+
+        if (seen >= want) {
+            return hist_value(i) < lat_max ? hist_value(i) : lat_max;
+        }
+    }
+
+    return lat_max;
+}
+
+
+static void
+out_add(conn_t *c, const void *data, size_t len)
+{
+    if (c->out_len + len > c->out_cap) {
+        c->out_cap = (c->out_len + len) * 2;
+        c->out = realloc(c->out, c->out_cap);
+
+        if (c->out == NULL) {
+            die("out of memory");
+        }
+    }
+
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
+}
+
+
+/* a masked client frame */
+
+static void
+send_frame(conn_t *c, unsigned opcode, const u_char *payload, size_t len)
+{
+    u_char    hdr[14], *p, mask[4];
+    size_t    i, h, off;
+    uint32_t  r;
+
+    hdr[0] = (u_char) (0x80 | opcode);
+
+    if (len < 126) {
+        hdr[1] = (u_char) (0x80 | len);
+        h = 2;
+
+    } else if (len <= 0xffff) {
+        hdr[1] = 0x80 | 126;
+        hdr[2] = (u_char) (len >> 8);
+        hdr[3] = (u_char) len;
+        h = 4;
+
+    } else {
+        hdr[1] = 0x80 | 127;
+
+        for (i = 0; i < 8; i++) {
+            hdr[2 + i] = (u_char) ((uint64_t) len >> (56 - 8 * i));
+        }
+
+        h = 10;
+    }
+
+    r = rnd();
+    memcpy(mask, &r, 4);
+    memcpy(hdr + h, mask, 4);
+    h += 4;
+
+    out_add(c, hdr, h);
+
+    off = c->out_len;
+    out_add(c, payload, len);
+    p = c->out + off;       /* out_add() may have moved the buffer */
+
+    for (i = 0; i < len; i++) {
+        p[i] ^= mask[i & 3];
+    }
+}
+
+
+/* the echo payload of message "seq" on connection "id": printable ASCII */
+
+static u_char
+payload_byte(unsigned id, uint32_t seq, size_t i)
+{
+    return (u_char) ('!' + (id * 7 + seq * 13 + i * 31 + (i >> 7)) % 94);
+}
+
+
+static void
+send_message(conn_t *c)
+{
+    size_t   i;
+    u_char  *buf;
+
+    buf = malloc(opt.size ? opt.size : 1);
+    if (buf == NULL) {
+        die("out of memory");
+    }
+
+    for (i = 0; i < opt.size; i++) {
+        buf[i] = payload_byte(c->id, c->seq, i);
+    }
+
+    send_frame(c, 0x1, buf, opt.size);
+    free(buf);
+
+    c->waiting = 1;
+    c->got = 0;
+    c->in_message = 0;
+    c->sent_at = now_us();
+}
+
+
+static void
+conn_update(conn_t *c)
+{
+    struct epoll_event  ev;
+    int                 want;
+
+    want = c->out_len > 0;
+
+    if (want == c->want_write) {
+        return;
+    }
+
+    c->want_write = want;
+
+    ev.events = EPOLLIN | EPOLLRDHUP | (want ? EPOLLOUT : 0);
+    ev.data.ptr = c;
+
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) == -1) {
+        die("epoll_ctl: %s", strerror(errno));
+    }
+}
+
+
+static void
+conn_free(conn_t *c)
+{
+    if (c->fd != -1) {
+        close(c->fd);
+        c->fd = -1;
+    }
+
+    if (c->state == st_open || c->state == st_closing) {
+        n_established--;
+    }
+
+    c->state = st_done;
+    n_closed++;
+
+    free(c->out);
+    free(c->in);
+    c->out = NULL;
+    c->in = NULL;
+    c->out_len = c->out_cap = c->in_len = c->in_cap = 0;
+}
+
+
+static void
+conn_fail(conn_t *c, unsigned *counter, const char *what)
+{
+    static unsigned  reported;
+
+    (*counter)++;
+
+    if (reported++ < 5) {
+        fprintf(stderr, "wsload: connection %u: %s\n", c->id, what);
+    }
+
+    conn_free(c);
+}
+
+
+static int
+conn_flush(conn_t *c)
+{
+    ssize_t  n;
+
+    while (c->out_len) {
+        n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+
+        if (n == -1) {
+            if (errno == EAGAIN || errno == EINTR) {
+                break;
+            }
+
+            return -1;
+        }
+
+        memmove(c->out, c->out + n, c->out_len - (size_t) n);
+        c->out_len -= (size_t) n;
+    }
+
+    conn_update(c);
+
+    return 0;
+}
+
+
+static void
+conn_start(unsigned id)
+{
+    int                  fd, one;
+    conn_t              *c;
+    u_char               raw[16];
+    uint32_t             r;
+    unsigned             i;
+    struct sockaddr_in   src;
+    struct epoll_event   ev;
+
+    c = &conns[id];
+    memset(c, 0, sizeof(conn_t));
+    c->id = id;
+    c->fd = -1;
+    n_started++;
+
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd == -1) {
+        conn_fail(c, &n_connect_err, strerror(errno));
+        return;
+    }
+
+    c->fd = fd;
+    one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int));
+
+    if (opt.src_ips > 0) {
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(int));
+
+        memset(&src, 0, sizeof(src));
+        src.sin_family = AF_INET;
+        src.sin_addr.s_addr = htonl(0x7f000002 + id % opt.src_ips);
+
+        if (bind(fd, (struct sockaddr *) &src, sizeof(src)) == -1) {
+            conn_fail(c, &n_connect_err, strerror(errno));
+            return;
+        }
+    }
+
+    if (connect(fd, (struct sockaddr *) &opt.addr, sizeof(opt.addr)) == -1
+        && errno != EINPROGRESS)
+    {
+        conn_fail(c, &n_connect_err, strerror(errno));
+        return;
+    }
+
+    for (i = 0; i < 16; i += 4) {
+        r = rnd();
+        memcpy(raw + i, &r, 4);
+    }
+
+    base64(raw, 16, c->key);
+
+    c->state = st_connecting;
+
+    {
+        char  req[1600];
+        int   n;
+
+        n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\n"
+                     "Host: %s\r\n"
+                     "Upgrade: websocket\r\n"
+                     "Connection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\n"
+                     "Sec-WebSocket-Version: 13\r\n"
+                     "\r\n",
+                     opt.path, opt.hostport, c->key);
+
+        out_add(c, req, (size_t) n);
+    }
+
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
+    ev.data.ptr = c;
+    c->want_write = 1;
+
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == -1) {
+        die("epoll_ctl: %s", strerror(errno));
+    }
+}
+
+
+static int
+handshake(conn_t *c)
+{
+    char    *end, *h, *line, accept[40];
+    size_t   hlen;
+    int      ok;
+
+    c->in[c->in_len] = '\0';
+
+    end = strstr((char *) c->in, "\r\n\r\n");
+
+    if (end == NULL) {
+        return c->in_len > 8192 ? -1 : 0;
+    }
+
+    hlen = (size_t) (end + 4 - (char *) c->in);
+    *end = '\0';
+
+    if (strncmp((char *) c->in, "HTTP/1.1 101 ", 13) != 0) {
+        return -1;
+    }
+
+    ws_accept(c->key, accept);
+    ok = 0;
+
+    for (line = strstr((char *) c->in, "\r\n"); line; line = h) {
+        line += 2;
+        h = strstr(line, "\r\n");
+
+        if (h) {
+            *h = '\0';
+        }
+
+        if (strncasecmp(line, "Sec-WebSocket-Accept:", 21) == 0) {
+            line += 21;
+
+            while (*line == ' ') {
+                line++;
+            }
+
+            ok = strcmp(line, accept) == 0;
+        }
+    }
+
+    if (!ok) {
+        return -1;
+    }
+
+    memmove(c->in, c->in + hlen, c->in_len - hlen);
+    c->in_len -= hlen;
+
+    c->state = st_open;
+    n_established++;
+
+    return 1;
+}
+
+
+/* server frames in c->in: returns -1 to drop the connection */
+
+static int
+frames(conn_t *c)
+{
+    u_char    *p, *payload;
+    size_t     i, h, avail;
+    uint64_t   len, lat;
+    unsigned   op, fin;
+
+    p = c->in;
+    avail = c->in_len;
+
+    while (avail >= 2) {
+        fin = p[0] & 0x80;
+        op = p[0] & 0x0f;
+
+        if (p[0] & 0x70 || p[1] & 0x80) {
+            conn_fail(c, &n_proto_err, "reserved bits or mask from server");
+            return -1;
+        }
+
+        len = p[1] & 0x7f;
+        h = 2;
+
+        if (len == 126) {
+            if (avail < 4) {
+                break;
+            }
+
+            len = (uint64_t) p[2] << 8 | p[3];
+            h = 4;
+
+        } else if (len == 127) {
+            if (avail < 10) {
+                break;
+            }
+
+            len = 0;
+
+            for (i = 0; i < 8; i++) {
+                len = len << 8 | p[2 + i];
+            }
+
+            h = 10;
+        }
+
+        if (len > (1 << 26)) {
+            conn_fail(c, &n_proto_err, "frame too big");
+            return -1;
+        }
+
+        if (avail < h + len) {
+            break;
+        }
+
+        payload = p + h;
+
+        switch (op) {
+
+        case 0x0:
+        case 0x1:
+        case 0x2:
+            if (!c->waiting || (op == 0) != c->in_message || op == 0x2) {
+                conn_fail(c, &n_mismatch, "unexpected data frame");
+                return -1;
+            }
+
+            if (c->got + len > opt.size) {
+                conn_fail(c, &n_mismatch, "echo too long");
+                return -1;
+            }
+
+            for (i = 0; i < len; i++) {
+                if (payload[i] != payload_byte(c->id, c->seq, c->got + i)) {
+                    conn_fail(c, &n_mismatch, "echo differs");
+                    return -1;
+                }
+            }
+
+            c->got += len;
+            c->in_message = !fin;
+
+            if (fin) {
+                if (c->got != opt.size) {
+                    conn_fail(c, &n_mismatch, "echo too short");
+                    return -1;
+                }
+
+                c->waiting = 0;
+                c->seq++;
+                lat = now_us() - c->sent_at;
+
+                if (measuring) {
+                    n_roundtrips++;
+                    hist[hist_index(lat)]++;
+                    lat_count++;
+
+                    if (lat > lat_max) {
+                        lat_max = lat;
+                    }
+                }
+
+                if (measuring && c->state == st_open) {
+                    send_message(c);
+                }
+            }
+
+            break;
+
+        case 0x8:
+            if (c->state != st_closing) {
+                n_server_close++;
+                send_frame(c, 0x8, payload, len >= 2 ? 2 : 0);
+                conn_flush(c);
+                fprintf(stderr, "wsload: connection %u: server closed "
+                        "(%u)\n", c->id,
+                        len >= 2 ? (unsigned) (payload[0] << 8 | payload[1])
+                                 : 1005);
+            }
+
+            conn_free(c);
+            return -1;
+
+        case 0x9:
+            send_frame(c, 0xa, payload, len);
+            break;
+
+        case 0xa:
+            break;
+
+        default:
+            conn_fail(c, &n_proto_err, "unknown opcode from server");
+            return -1;
+        }
+
+        p += h + len;
+        avail -= h + len;
+    }
+
+    memmove(c->in, p, avail);
+    c->in_len = avail;
+
+    return 0;
+}
+
+
+static void
+conn_read(conn_t *c)
+{
+    ssize_t  n;
+    int      rc;
+
+    for ( ;; ) {
+        if (c->in_cap - c->in_len < 4096 + 1) {
+            c->in_cap = c->in_cap ? c->in_cap * 2 : 8192;
+            c->in = realloc(c->in, c->in_cap);
+
+            if (c->in == NULL) {
+                die("out of memory");
+            }
+        }
+
+        n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len - 1, 0);
+
+        if (n == -1) {
+            if (errno == EAGAIN || errno == EINTR) {
+                break;
+            }
+
+            conn_fail(c, c->state == st_open ? &n_proto_err
+                                             : &n_handshake_err,
+                      strerror(errno));
+            return;
+        }
+
+        if (n == 0) {
+            if (c->state == st_closing) {
+                n_unclean++;
+                conn_free(c);
+
+            } else {
+                conn_fail(c, c->state == st_open ? &n_proto_err
+                                                 : &n_handshake_err,
+                          "connection closed by server");
+            }
+
+            return;
+        }
+
+        c->in_len += (size_t) n;
+
+        if (c->state == st_connecting || c->state == st_handshake) {
+            rc = handshake(c);
+
+            if (rc == -1) {
+                conn_fail(c, &n_handshake_err, "handshake failed");
+                return;
+            }
+
+            if (rc == 0) {
+                continue;
+            }
+
+            if (measuring) {
+                send_message(c);
+            }
+        }
+
+        if (frames(c) == -1) {
+            return;
+        }
+    }
+
+    if (c->fd != -1 && conn_flush(c) == -1) {
+        conn_fail(c, &n_proto_err, strerror(errno));
+    }
+}
+
+
+static void
+loop(uint64_t until, int (*done)(void))
+{
+    int                  n, i, timeout;
+    conn_t              *c;
+    uint64_t             t;
+    struct epoll_event   evs[512];
+
+    for ( ;; ) {
+        t = now_us();
+
+        if (stop || t >= until || (done && done())) {
+            return;
+        }
+
+        timeout = (int) ((until - t) / 1000) + 1;
+
+        if (timeout > 100) {
+            timeout = 100;
+        }
+
+        n = epoll_wait(ep, evs, 512, timeout);
+
+        if (n == -1) {
+            if (errno == EINTR) {
+                continue;
+            }
+
+            die("epoll_wait: %s", strerror(errno));
+        }
+
+        for (i = 0; i < n; i++) {
+            c = evs[i].data.ptr;
+
+            if (c->fd == -1) {
+                continue;
+            }
+
+            if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            {
+                if (c->state == st_connecting
+                    && (evs[i].events & EPOLLERR))
+                {
+                    int        err;
+                    socklen_t  len = sizeof(int);
+
+                    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                    conn_fail(c, &n_connect_err, strerror(err));
+                    continue;
+                }
+
+                conn_read(c);
+
+                if (c->fd == -1) {
+                    continue;
+                }
+            }
+
+            if (evs[i].events & EPOLLOUT) {
+                if (c->state == st_connecting) {
+                    c->state = st_handshake;
+                }
+
+                if (conn_flush(c) == -1) {
+                    conn_fail(c, c->state == st_open ? &n_proto_err
+                                                     : &n_connect_err,
+                              strerror(errno));
+                }
+            }
+        }
+    }
+}
+
+
+static unsigned  next_conn;
+
+
+static unsigned
+n_failed(void)
+{
+    return n_connect_err + n_handshake_err + n_proto_err + n_mismatch
+           + n_server_close;
+}
+
+
+static int
+all_opened(void)
+{
+    unsigned  pending;
+
+    /* keep at most opt.inflight handshakes in progress */
+    pending = n_started - n_closed - n_established;
+
+    while (next_conn < opt.conns && pending < opt.inflight) {
+        conn_start(next_conn++);
+        pending++;
+    }
+
+    return next_conn == opt.conns
+           && n_established + n_closed == n_started;
+}
+
+
+static int
+all_closed(void)
+{
+    return n_closed == n_started;
+}
+
+
+static void
+open_all(double timeout)
+{
+    uint64_t  t0, t;
+
+    t0 = now_us();
+    loop(t0 + (uint64_t) (timeout * 1e6), all_opened);
+    t = now_us();
+
+    printf("established %u of %u connections in %.2f s", n_established,
+           opt.conns, (double) (t - t0) / 1e6);
+
+    if (n_failed()) {
+        printf(" (failed: connect %u, handshake %u)", n_connect_err,
+               n_handshake_err);
+    }
+
+    printf("\n");
+    fflush(stdout);
+}
+
+
+static void
+close_all(void)
+{
+    unsigned  i;
+    conn_t   *c;
+    u_char    code[2] = { 0x03, 0xe8 };
+
+    for (i = 0; i < next_conn; i++) {
+        c = &conns[i];
+
+        if (c->state == st_open) {
+            c->state = st_closing;
+            send_frame(c, 0x8, code, 2);
+
+            if (conn_flush(c) == -1) {
+                conn_fail(c, &n_proto_err, strerror(errno));
+            }
+
+        } else if (c->state != st_done) {
+            conn_free(c);
+        }
+    }
+
+    loop(now_us() + 5000000, all_closed);
+
+    for (i = 0; i < next_conn; i++) {
+        if (conns[i].state != st_done) {
+            n_unclean++;
+            conn_free(&conns[i]);
+        }
+    }
+}
+
+
+static void
+parse_url(const char *url)
+{
+    const char       *p, *slash, *colon;
+    size_t            n;
+    struct addrinfo   hints, *res;
+    char              port[16];
+
+    if (strncmp(url, "ws://", 5) != 0) {
+        die("only ws:// URLs: %s", url);
+    }
+
+    p = url + 5;
+    slash = strchr(p, '/');
+
+    if (slash == NULL) {
+        slash = p + strlen(p);
+    }
+
+    n = (size_t) (slash - p);
+
+    if (n == 0 || n >= sizeof(opt.host)) {
+        die("bad URL: %s", url);
+    }
+
+    memcpy(opt.hostport, p, n);
+    opt.hostport[n] = '\0';
+
+    colon = memchr(p, ':', n);
+    strcpy(port, "80");
+
+    if (colon) {
+        memcpy(opt.host, p, (size_t) (colon - p));
+        opt.host[colon - p] = '\0';
+        snprintf(port, sizeof(port), "%.*s", (int) (slash - colon - 1),
+                 colon + 1);
+
+    } else {
+        strcpy(opt.host, opt.hostport);
+    }
+
+    snprintf(opt.path, sizeof(opt.path), "%s", *slash ? slash : "/");
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+
+    if (getaddrinfo(opt.host, port, &hints, &res) != 0) {
+        die("cannot resolve %s", opt.host);
+    }
+
+    memcpy(&opt.addr, res->ai_addr, sizeof(struct sockaddr_in));
+    freeaddrinfo(res);
+}
+
+
+static void
+raise_nofile(unsigned need)
+{
+    struct rlimit  rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
+        die("getrlimit: %s", strerror(errno));
+    }
+
+    if (rl.rlim_cur >= need) {
+        return;
+    }
+
+    if (rl.rlim_max < need) {
+        rl.rlim_max = need;     /* works as root */
+    }
+
+    rl.rlim_cur = rl.rlim_max;
+
+    if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
+        getrlimit(RLIMIT_NOFILE, &rl);
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    getrlimit(RLIMIT_NOFILE, &rl);
+
+    if (rl.rlim_cur < need) {
+        die("RLIMIT_NOFILE is %lu, %u needed", (unsigned long) rl.rlim_cur,
+            need);
+    }
+}
+
+
+static void
+on_signal(int signo)
+{
+    (void) signo;
+    stop = 1;
+}
+
+
+static void
+usage(void)
+{
+    fprintf(stderr,
+        "usage: wsload --url ws://HOST:PORT/PATH [--mode echo|idle]\n"
+        "              [--conns N] [--duration S] [--size B] [--hold S]\n"
+        "              [--src-ips K] [--inflight N]\n");
+    exit(2);
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int        ch;
+    char       accept[40];
+    uint64_t   t0, t1;
+    double     secs;
+    unsigned   i;
+    const char *url;
+
+    static const struct option  longopts[] = {
+        { "mode", required_argument, NULL, 'm' },
+        { "conns", required_argument, NULL, 'c' },
+        { "duration", required_argument, NULL, 'd' },
+        { "size", required_argument, NULL, 's' },
+        { "url", required_argument, NULL, 'u' },
+        { "hold", required_argument, NULL, 'H' },
+        { "src-ips", required_argument, NULL, 'S' },
+        { "inflight", required_argument, NULL, 'i' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    /* the RFC 6455, 1.3 example */
+    ws_accept("dGhlIHNhbXBsZSBub25jZQ==", accept);
+
+    if (strcmp(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") != 0) {
+        die("SHA-1 self test failed: %s", accept);
+    }
+
+    opt.mode = "echo";
+    opt.conns = 100;
+    opt.duration = 10;
+    opt.hold = 10;
+    opt.size = 32;
+    opt.inflight = 256;
+    url = NULL;
+
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'm': opt.mode = optarg; break;
+        case 'c': opt.conns = (unsigned) atoi(optarg); break;
+        case 'd': opt.duration = atof(optarg); break;
+        case 's': opt.size = (size_t) atol(optarg); break;
+        case 'u': url = optarg; break;
+        case 'H': opt.hold = atof(optarg); break;
+        case 'S': opt.src_ips = (unsigned) atoi(optarg); break;
+        case 'i': opt.inflight = (unsigned) atoi(optarg); break;
+        default: usage();
+        }
+    }
+
+    if (url == NULL || opt.conns == 0 || opt.inflight == 0
+        || (strcmp(opt.mode, "echo") != 0 && strcmp(opt.mode, "idle") != 0))
+    {
+        usage();
+    }
+
+    parse_url(url);
+    raise_nofile(opt.conns + 64);
+
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGPIPE, SIG_IGN);
+
+    conns = calloc(opt.conns, sizeof(conn_t));
+    ep = epoll_create1(EPOLL_CLOEXEC);
+
+    if (conns == NULL || ep == -1) {
+        die("cannot allocate %u connections", opt.conns);
+    }
+
+    rng ^= (uint32_t) getpid() ^ (uint32_t) now_us();
+
+    open_all(60);
+
+    if (strcmp(opt.mode, "idle") == 0) {
+        printf("holding %u idle connections for %.0f s\n", n_established,
+               opt.hold);
+        fflush(stdout);
+
+        loop(now_us() + (uint64_t) (opt.hold * 1e6), NULL);
+
+        printf("still open after the hold: %u\n", n_established);
+
+    } else {
+        measuring = 1;
+        t0 = now_us();
+
+        for (i = 0; i < opt.conns; i++) {
+            if (conns[i].state == st_open) {
+                send_message(&conns[i]);
+
+                if (conn_flush(&conns[i]) == -1) {
+                    conn_fail(&conns[i], &n_proto_err, strerror(errno));
+                }
+            }
+        }
+
+        loop(t0 + (uint64_t) (opt.duration * 1e6), NULL);
+
+        measuring = 0;
+        t1 = now_us();
+        secs = (double) (t1 - t0) / 1e6;
+
+        printf("connections       %u\n", opt.conns);
+        printf("message size      %zu bytes\n", opt.size);
+        printf("duration          %.2f s\n", secs);
+        printf("round trips       %llu\n", (unsigned long long) n_roundtrips);
+        printf("round trips/s     %.0f\n", (double) n_roundtrips / secs);
+        printf("latency p50       %.3f ms\n",
+               (double) hist_percentile(50) / 1000);
+        printf("latency p99       %.3f ms\n",
+               (double) hist_percentile(99) / 1000);
+        printf("latency max       %.3f ms\n", (double) lat_max / 1000);
+    }
+
+    close_all();
+
+    printf("errors            %u (connect %u, handshake %u, protocol %u, "
+           "echo mismatch %u, closed by server %u)\n",
+           n_failed(), n_connect_err, n_handshake_err, n_proto_err,
+           n_mismatch, n_server_close);
+
+    if (n_unclean) {
+        printf("closes without the server's close frame: %u\n", n_unclean);
+    }
+
+    return n_failed() ? 1 : 0;
+}
