@@ -36,6 +36,7 @@ static char *ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_collab_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_collab_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_collab_init_process(ngx_cycle_t *cycle);
 static void ngx_collab_exit_process(ngx_cycle_t *cycle);
 
@@ -133,6 +134,57 @@ static ngx_command_t  ngx_collab_commands[] = {
       offsetof(ngx_collab_main_conf_t, join_history),
       NULL },
 
+    { ngx_string("collab_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_collab_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_presence_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, presence.presence_timeout),
+      NULL },
+
+    { ngx_string("collab_presence_grace"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, presence.grace),
+      NULL },
+
+    { ngx_string("collab_typing_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, presence.typing_timeout),
+      NULL },
+
+    { ngx_string("collab_presence_batch"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, presence.batch),
+      NULL },
+
+    { ngx_string("collab_rate_presence"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_collab_presence_rate,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t,
+               presence.rates[NGX_COLLAB_RATE_PRESENCE]),
+      NULL },
+
+    { ngx_string("collab_rate_messages"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_collab_presence_rate,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t,
+               presence.rates[NGX_COLLAB_RATE_MESSAGES]),
+      NULL },
+
     { ngx_string("collab_user"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_set_complex_value_slot,
@@ -208,6 +260,13 @@ ngx_collab_create_main_conf(ngx_conf_t *cf)
     cmcf->batch_window = NGX_CONF_UNSET_MSEC;
     cmcf->join_history = NGX_CONF_UNSET_UINT;
 
+    cmcf->presence.presence_timeout = NGX_CONF_UNSET_MSEC;
+    cmcf->presence.grace = NGX_CONF_UNSET_MSEC;
+    cmcf->presence.typing_timeout = NGX_CONF_UNSET_MSEC;
+    cmcf->presence.batch = NGX_CONF_UNSET_MSEC;
+    cmcf->presence.rates[0].rate = NGX_CONF_UNSET_UINT;
+    cmcf->presence.rates[1].rate = NGX_CONF_UNSET_UINT;
+
     return cmcf;
 }
 
@@ -219,6 +278,31 @@ ngx_collab_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_msec_value(cmcf->batch_window, 2);
     ngx_conf_init_uint_value(cmcf->join_history, 50);
+
+    ngx_conf_init_msec_value(cmcf->presence.presence_timeout, 60000);
+    ngx_conf_init_msec_value(cmcf->presence.grace, 5000);
+    ngx_conf_init_msec_value(cmcf->presence.typing_timeout, 5000);
+    ngx_conf_init_msec_value(cmcf->presence.batch, 100);
+
+    /* 5r/s burst=10 and 20r/s burst=40 */
+
+    if (cmcf->presence.rates[0].rate == NGX_CONF_UNSET_UINT) {
+        cmcf->presence.rates[0].rate = 5000;
+        cmcf->presence.rates[0].burst = 10000;
+    }
+
+    if (cmcf->presence.rates[1].rate == NGX_CONF_UNSET_UINT) {
+        cmcf->presence.rates[1].rate = 20000;
+        cmcf->presence.rates[1].burst = 40000;
+    }
+
+    if (cmcf->presence.batch == 0 || cmcf->presence.presence_timeout < 2000)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_presence_batch\" must not be 0 and "
+                           "\"collab_presence_timeout\" must be at least 2s");
+        return NGX_CONF_ERROR;
+    }
 
     if (cmcf->join_history == 0 || cmcf->join_history > 1000) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -437,6 +521,15 @@ ngx_collab_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static char *
+ngx_collab_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_main_conf_t *cmcf = conf;
+
+    return ngx_collab_presence_zone(cf, cmd, &cmcf->presence);
+}
+
+
 static ngx_int_t
 ngx_collab_init_process(ngx_cycle_t *cycle)
 {
@@ -450,6 +543,12 @@ ngx_collab_init_process(ngx_cycle_t *cycle)
 
     ngx_collab_send_init(cmcf, cycle->log);
 
+    if (ngx_collab_presence_init_process(cycle, &cmcf->presence) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_collab_presence_events_init(cmcf->presence.batch, cycle->log);
+
     if (cmcf->pg.conninfo.data == NULL) {
         return NGX_OK;
     }
@@ -462,4 +561,5 @@ static void
 ngx_collab_exit_process(ngx_cycle_t *cycle)
 {
     ngx_collab_pg_exit_process(cycle);
+    ngx_collab_presence_exit_process(cycle);
 }

@@ -38,6 +38,7 @@
 #include "ngx_collab_store.h"
 #include "ngx_collab_room.h"
 #include "ngx_collab_send.h"
+#include "ngx_collab_presence.h"
 #include "ngx_collab_protocol.h"
 
 
@@ -117,6 +118,12 @@ static void ngx_collab_op_history(ngx_collab_conn_t *conn, json_t *req,
     json_t *ref);
 static void ngx_collab_op_history_done(ngx_collab_pg_query_t *q,
     PGresult *res);
+static void ngx_collab_op_presence(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static void ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
+static ngx_int_t ngx_collab_limited(ngx_collab_conn_t *conn, json_t *ref,
+    ngx_uint_t kind);
 
 static ngx_collab_req_t *ngx_collab_req_create(ngx_collab_conn_t *conn,
     ngx_collab_op_e op, json_t *ref);
@@ -151,6 +158,8 @@ static ngx_collab_op_t  ngx_collab_ops[] = {
     { "leave", ngx_collab_op_leave, 1 },
     { "send", ngx_collab_op_send, 1 },
     { "history", ngx_collab_op_history, 1 },
+    { "presence", ngx_collab_op_presence, 1 },
+    { "typing", ngx_collab_op_typing, 1 },
     { NULL, NULL, 0 }
 };
 
@@ -661,7 +670,7 @@ static void
 ngx_collab_op_sessions_done(ngx_collab_pg_query_t *q, PGresult *res)
 {
     int                i, n;
-    json_t            *list;
+    json_t            *list, *session;
     ngx_collab_req_t  *req;
 
     req = ngx_collab_req_result(q, res);
@@ -682,7 +691,15 @@ ngx_collab_op_sessions_done(ngx_collab_pg_query_t *q, PGresult *res)
     n = PQntuples(res);
 
     for (i = 0; list && i < n; i++) {
-        if (json_array_append_new(list, ngx_collab_store_session(res, i))) {
+        session = ngx_collab_store_session(res, i);
+
+        if (session) {
+            json_object_set_new(session, "activeUsers",
+                json_integer(ngx_collab_presence_active(
+                                 ngx_collab_store_int(res, i, "id"))));
+        }
+
+        if (json_array_append_new(list, session)) {
             json_decref(list);
             list = NULL;
         }
@@ -757,9 +774,10 @@ ngx_collab_op_join(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
 static void
 ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
 {
-    int                   col;
-    int64_t               id;
-    ngx_str_t             slug;
+    int                         col;
+    int64_t                     id;
+    ngx_str_t                   slug;
+    ngx_collab_presence_who_t   who;
     ngx_queue_t          *qq;
     ngx_collab_req_t     *req;
     ngx_collab_conn_t    *conn;
@@ -845,6 +863,26 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
                                       "out of memory");
             goto done;
         }
+
+        m->user_id = conn->user_id;
+    }
+
+    if (!m->present && ngx_collab_presence_enabled()) {
+        who.session = room->id;
+        who.user = conn->user_id;
+        who.ext = conn->user;
+        who.name = conn->user_name;
+
+        if (ngx_collab_presence_connect(&who, NGX_COLLAB_ONLINE) != NGX_OK) {
+            ngx_collab_member_remove(m);
+            ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
+                                      "presence is unavailable: the "
+                                      "collab_zone is full");
+            goto done;
+        }
+
+        m->present = 1;
+        m->status = NGX_COLLAB_ONLINE;
     }
 
     /*
@@ -926,8 +964,9 @@ ngx_collab_join_read(ngx_collab_req_t *jr)
 static void
 ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
 {
-    int                   n, first, last;
-    json_t               *messages, *last_seq;
+    int                              n, first, last;
+    json_t                          *messages, *last_seq, *presence;
+    ngx_collab_presence_snapshot_t   snap;
     int64_t               max_seq, session_seq;
     ngx_uint_t            more, live;
     ngx_collab_req_t     *req;
@@ -977,16 +1016,27 @@ ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
     last_seq = json_object_get(req->session, "lastSeq");
     session_seq = json_integer_value(last_seq);
 
+    presence = NULL;
+
+    if (ngx_collab_presence_snapshot(m->room->id, &snap,
+                                     conn->ws->connection->log)
+        == NGX_OK)
+    {
+        presence = ngx_collab_presence_list(&snap);
+        ngx_collab_presence_snapshot_free(&snap);
+    }
+
     ngx_collab_protocol_reply(conn,
-                              messages
-                              ? json_pack("{s:s,s:O?,s:O,s:I,s:o,s:b}",
+                              messages && presence
+                              ? json_pack("{s:s,s:O?,s:O,s:I,s:o,s:b,s:o}",
                                           "op", "joined",
                                           "ref", req->ref,
                                           "session", req->session,
                                           "lastSeq", (json_int_t)
                                               ngx_max(session_seq, max_seq),
                                           "messages", messages,
-                                          "more", (int) more)
+                                          "more", (int) more,
+                                          "presence", presence)
                               : NULL);
 
     if (live) {
@@ -1093,6 +1143,14 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
                                   "join the session before sending");
         return;
     }
+
+    if (ngx_collab_limited(conn, ref, NGX_COLLAB_RATE_MESSAGES)) {
+        return;
+    }
+
+    /* a message sent ends its author's typing */
+
+    ngx_collab_presence_typing(m->room->id, conn->user_id, 0);
 
     b.data = (u_char *) json_string_value(body);
     b.len = json_string_length(body);
@@ -1230,6 +1288,131 @@ ngx_collab_op_history_done(ngx_collab_pg_query_t *q, PGresult *res)
                               : NULL);
 
     ngx_collab_req_free(req);
+}
+
+
+static void
+ngx_collab_op_presence(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    json_t               *st;
+    ngx_str_t             slug;
+    ngx_uint_t            status;
+    const char           *s;
+    ngx_collab_member_t  *m;
+
+    if (ngx_collab_slug(req, &slug) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"session\" must be a session id");
+        return;
+    }
+
+    st = json_object_get(req, "status");
+    s = json_is_string(st) ? json_string_value(st) : "";
+
+    if (ngx_strcmp(s, "online") == 0) {
+        status = NGX_COLLAB_ONLINE;
+
+    } else if (ngx_strcmp(s, "away") == 0) {
+        status = NGX_COLLAB_AWAY;
+
+    } else {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"status\" must be \"online\" or "
+                                  "\"away\"");
+        return;
+    }
+
+    m = ngx_collab_member_find(conn, &slug);
+
+    if (m == NULL) {
+        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
+                                  "join the session first");
+        return;
+    }
+
+    if (!m->present) {
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", ref,
+                                  "presence needs collab_zone");
+        return;
+    }
+
+    if (ngx_collab_limited(conn, ref, NGX_COLLAB_RATE_PRESENCE)) {
+        return;
+    }
+
+    ngx_collab_presence_status(m->room->id, conn->user_id, m->status,
+                               status);
+    m->status = status;
+}
+
+
+static void
+ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    json_t               *on;
+    ngx_str_t             slug;
+    ngx_collab_member_t  *m;
+
+    if (ngx_collab_slug(req, &slug) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"session\" must be a session id");
+        return;
+    }
+
+    on = json_object_get(req, "on");
+
+    if (!json_is_boolean(on)) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"on\" must be a boolean");
+        return;
+    }
+
+    m = ngx_collab_member_find(conn, &slug);
+
+    if (m == NULL) {
+        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
+                                  "join the session first");
+        return;
+    }
+
+    if (!m->present) {
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", ref,
+                                  "presence needs collab_zone");
+        return;
+    }
+
+    if (ngx_collab_limited(conn, ref, NGX_COLLAB_RATE_PRESENCE)) {
+        return;
+    }
+
+    ngx_collab_presence_typing(m->room->id, conn->user_id, json_is_true(on));
+}
+
+
+/* RATE_LIMITED with retryAfter (ms) when the user's bucket is empty */
+
+static ngx_int_t
+ngx_collab_limited(ngx_collab_conn_t *conn, json_t *ref, ngx_uint_t kind)
+{
+    ngx_msec_t  delay;
+
+    delay = ngx_collab_presence_limit(conn->user_id, kind);
+
+    if (delay == 0) {
+        return 0;
+    }
+
+    ngx_collab_protocol_reply(conn,
+                              json_pack("{s:s,s:s,s:O?,s:s,s:I}",
+                                        "op", "error",
+                                        "code", "RATE_LIMITED",
+                                        "ref", ref,
+                                        "message",
+                                        kind == NGX_COLLAB_RATE_MESSAGES
+                                        ? "too many messages"
+                                        : "too many presence updates",
+                                        "retryAfter", (json_int_t) delay));
+    return 1;
 }
 
 

@@ -116,6 +116,8 @@ ngx_collab_room_release(ngx_collab_room_t *room)
         return;
     }
 
+    ngx_collab_presence_snapshot_free(&room->presence);
+
     ngx_rbtree_delete(&ngx_collab_rooms, &room->node);
     ngx_free(room);
 }
@@ -152,6 +154,10 @@ ngx_collab_member_remove(ngx_collab_member_t *m)
     ngx_collab_room_t  *room;
 
     room = m->room;
+
+    if (m->present) {
+        ngx_collab_presence_disconnect(room->id, m->user_id, m->status);
+    }
 
     ngx_queue_remove(&m->room_link);
     ngx_queue_remove(&m->conn_link);
@@ -263,6 +269,53 @@ ngx_collab_room_deliver(ngx_collab_room_t *room, int64_t seq,
         m->held[m->nheld].msg = msg;
         m->nheld++;
     }
+}
+
+
+/* an event outside the seq order (presence, typing) to live members */
+
+void
+ngx_collab_room_broadcast(ngx_collab_room_t *room, ngx_collab_ws_msg_t *msg,
+    int64_t except_user)
+{
+    ngx_queue_t          *q;
+    ngx_collab_member_t  *m;
+
+    for (q = ngx_queue_head(&room->members);
+         q != ngx_queue_sentinel(&room->members);
+         q = ngx_queue_next(q))
+    {
+        m = ngx_queue_data(q, ngx_collab_member_t, room_link);
+
+        if (m->live && (except_user == 0 || m->user_id != except_user)) {
+            (void) ngx_collab_ws_enqueue(m->ws, msg);
+        }
+    }
+}
+
+
+ngx_collab_room_t *
+ngx_collab_room_first(void)
+{
+    ngx_rbtree_node_t  *node;
+
+    if (ngx_collab_rooms.root == NULL
+        || ngx_collab_rooms.root == ngx_collab_rooms.sentinel)
+    {
+        return NULL;
+    }
+
+    node = ngx_rbtree_min(ngx_collab_rooms.root, ngx_collab_rooms.sentinel);
+
+    return (ngx_collab_room_t *) node;
+}
+
+
+ngx_collab_room_t *
+ngx_collab_room_next(ngx_collab_room_t *room)
+{
+    return (ngx_collab_room_t *) ngx_rbtree_next(&ngx_collab_rooms,
+                                                 &room->node);
 }
 
 

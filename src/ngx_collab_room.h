@@ -12,6 +12,7 @@
 #include <ngx_core.h>
 
 #include "ngx_collab_ws.h"
+#include "ngx_collab_presence.h"
 
 
 /* events held for a member while it catches up, at most */
@@ -40,6 +41,9 @@ struct ngx_collab_room_s {
     unsigned                    inflight:1;    /* a batch in PostgreSQL */
     unsigned                    retried:1;
 
+    ngx_collab_presence_snapshot_t  presence;  /* as last fanned out */
+    ngx_msec_t                  presence_next;
+
     u_char                      data[1];       /* the slug */
 };
 
@@ -60,6 +64,7 @@ struct ngx_collab_member_s {
     ngx_collab_ws_t            *ws;
 
     int64_t                     last_seq;      /* delivered so far */
+    int64_t                     user_id;
 
     ngx_collab_held_t          *held;          /* while catching up */
     ngx_uint_t                  nheld;
@@ -67,6 +72,8 @@ struct ngx_collab_member_s {
     unsigned                    live:1;
     unsigned                    overflow:1;
     unsigned                    joining:1;
+    unsigned                    present:1;     /* counted in the zone */
+    unsigned                    status:2;      /* online or away */
 };
 
 
@@ -84,6 +91,10 @@ void ngx_collab_member_live(ngx_collab_member_t *m);
 
 void ngx_collab_room_deliver(ngx_collab_room_t *room, int64_t seq,
     ngx_collab_ws_msg_t *msg);
+void ngx_collab_room_broadcast(ngx_collab_room_t *room,
+    ngx_collab_ws_msg_t *msg, int64_t except_user);
+ngx_collab_room_t *ngx_collab_room_first(void);
+ngx_collab_room_t *ngx_collab_room_next(ngx_collab_room_t *room);
 
 
 #endif /* _NGX_COLLAB_ROOM_H_INCLUDED_ */
