@@ -95,6 +95,7 @@ static ngx_int_t ngx_collab_pg_want(ngx_collab_pg_conn_t *pc,
 static void ngx_collab_pg_dispatch(void);
 static void ngx_collab_pg_complete(ngx_collab_pg_query_t *q, PGresult *res);
 static void ngx_collab_pg_fail(ngx_collab_pg_conn_t *pc, const char *what);
+static void ngx_collab_pg_notice(void *arg, const char *message);
 
 
 static ngx_collab_pg_pool_t  ngx_collab_pg;
@@ -255,7 +256,7 @@ ngx_collab_pg_exit_process(ngx_cycle_t *cycle)
             ngx_del_timer(&pc->backoff);
         }
 
-        ngx_collab_pg_detach(pc, 0);
+        ngx_collab_pg_detach(pc, 1);
 
         if (pc->conn) {
             PQfinish(pc->conn);
@@ -526,6 +527,8 @@ ngx_collab_pg_connect(ngx_event_t *ev)
         ngx_collab_pg_fail(pc, "PQsetnonblocking()");
         return;
     }
+
+    (void) PQsetNoticeProcessor(pc->conn, ngx_collab_pg_notice, pc);
 
     pc->state = NGX_COLLAB_PG_CONNECTING;
 
@@ -984,6 +987,27 @@ ngx_collab_pg_flush(ngx_collab_pg_conn_t *pc)
 }
 
 
+/* the server's notices and warnings go to the error log, not to stderr */
+
+static void
+ngx_collab_pg_notice(void *arg, const char *message)
+{
+    size_t                 len;
+    ngx_collab_pg_conn_t  *pc;
+
+    pc = arg;
+    len = ngx_strlen(message);
+
+    while (len && (message[len - 1] == '\n' || message[len - 1] == ' ')) {
+        len--;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_collab_pg.log, 0,
+                  "collab: postgres connection #%ui: %*s",
+                  pc->index, len, message);
+}
+
+
 /*
  * The one failure path: fails the queries in flight, closes the
  * connection and schedules a reconnect with exponential backoff and full
@@ -1028,7 +1052,12 @@ ngx_collab_pg_fail(ngx_collab_pg_conn_t *pc, const char *what)
         pc->result = NULL;
     }
 
-    ngx_collab_pg_detach(pc, 0);
+    /*
+     * PQfinish() closes the socket right after, if libpq has not already
+     * (a failed read closes it): epoll forgets it either way
+     */
+
+    ngx_collab_pg_detach(pc, 1);
 
     if (pc->conn) {
         PQfinish(pc->conn);

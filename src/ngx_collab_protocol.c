@@ -823,6 +823,16 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
     }
 
     id = ngx_collab_store_int(res, 0, "id");
+
+    /*
+     * No client has seen a seq above the session's newest: a larger
+     * "since" would hold back every event up to it
+     */
+
+    if (req->since > ngx_collab_store_int(res, 0, "last_seq")) {
+        req->since = ngx_collab_store_int(res, 0, "last_seq");
+    }
+
     col = PQfnumber(res, "slug");
     slug.data = (u_char *) PQgetvalue(res, 0, col);
     slug.len = PQgetlength(res, 0, col);

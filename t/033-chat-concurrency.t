@@ -1,0 +1,446 @@
+#!/usr/bin/perl
+#
+# 033-chat-concurrency.t: many writers, one session, two nginx instances
+# sharing one PostgreSQL (issue 3: "seq ... 1, 2, 3 with no gap and no
+# duplicate, even with ... several nginx instances writing the same
+# session").
+#
+# 20 senders (10 on each instance, worker_processes 1 each) send 200
+# messages each into one session, pipelined, all at once.  Afterwards the
+# table's seqs are exactly 1..4000, every sender got 200 acks whose seqs
+# increase, each ack's seq is the row of its clientMsgId, and a reader on
+# each instance saw every message sent through that instance, in
+# increasing seq order (delivery is same-worker until the Redis relay).
+# Then the same user sends the same clientMsgIds from both instances at
+# once: one row each (the unique-violation retry path across hosts).
+
+use strict;
+use warnings;
+use utf8;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Collab::Test;
+
+{
+# --- a collab.v1 client on the harness's raw WebSocket ----------------------
+#
+# (The same small client is in every t/03x-chat-*.t; it belongs in t/lib
+# once more tests need it.)  Frames from the server are parsed as they
+# arrive into an inbox of decoded JSON messages; take() removes the first
+# one a predicate accepts, waiting for more if needed, so replies and
+# events may arrive in any interleaving without being lost.
+
+package Chat;
+
+use strict;
+use warnings;
+
+use Carp qw(croak);
+use IO::Select;
+use Mojo::JSON qw(decode_json encode_json);
+use Time::HiRes qw(time);
+
+my $NREF = 0;
+
+# Chat->open($t, user => 'u1', name => 'Ann', port => ..., path => '/chat')
+sub open {
+    my ($class, $t, %o) = @_;
+    my %h = ('Sec-WebSocket-Protocol' => 'collab.v1');
+    $h{'X-User-Id'} = $o{user} if defined $o{user};
+    $h{'X-User-Name'} = $o{name} if defined $o{name};
+    $h{-port} = $o{port} if defined $o{port};
+    my $s = $t->ws_raw($o{path} // '/chat', %h);
+    my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
+                       frag => undef }, $class;
+    $self->_parse;
+    return $self;
+}
+
+sub user { $_[0]{user} }
+
+sub close {
+    my ($self) = @_;
+    CORE::close($self->{s}) if $self->{s};
+    $self->{eof} = 1;
+}
+
+sub send_text {
+    my ($self, $text, %frame) = @_;
+    return $self->{t}->ws_send($self->{s}, opcode => 1, payload => $text,
+                               %frame);
+}
+
+sub send {
+    my ($self, $req) = @_;
+    return $self->send_text(encode_json($req));
+}
+
+# parses every complete frame in the socket's buffer into the inbox
+sub _parse {
+    my ($self) = @_;
+    my $s = $self->{s};
+    my $buf = \${*$s}{collab_buf};
+    while (1) {
+        my $have = length $$buf;
+        last if $have < 2;
+        my ($b0, $b1) = unpack 'CC', $$buf;
+        my $len = $b1 & 0x7f;
+        my $off = 2;
+        if ($len == 126) {
+            last if $have < 4;
+            $len = unpack 'n', substr($$buf, 2, 2);
+            $off = 4;
+        } elsif ($len == 127) {
+            last if $have < 10;
+            $len = unpack 'Q>', substr($$buf, 2, 8);
+            $off = 10;
+        }
+        $self->{masked}++ if $b1 & 0x80;       # a server must not mask
+        $off += 4 if $b1 & 0x80;
+        last if $have < $off + $len;
+        my $payload = substr($$buf, $off, $len);
+        substr($$buf, 0, $off + $len, '');
+
+        my ($fin, $op) = ($b0 & 0x80, $b0 & 0x0f);
+        if ($op == 9) {
+            $self->{t}->ws_send($s, opcode => 10, payload => $payload);
+            next;
+        }
+        next if $op == 10;
+        if ($op == 8) {
+            $self->{close_code} = length $payload >= 2
+                ? unpack('n', $payload) : 0;
+            next;
+        }
+        if ($op == 0) {
+            $self->{frag} .= $payload;
+            next unless $fin;
+            $payload = delete $self->{frag};
+            $op = 1;
+        } elsif (!$fin) {
+            $self->{frag} = $payload;
+            next;
+        }
+        if ($op != 1) {
+            push @{ $self->{inbox} }, { op => "(opcode $op)" };
+            next;
+        }
+        my $msg = eval { decode_json($payload) }
+            // { op => '(not JSON)', raw => $payload };
+        $msg->{_raw} = $payload if $self->{keep_raw};
+        push @{ $self->{inbox} }, $msg;
+    }
+}
+
+# reads what the socket has (it was reported readable); false on EOF
+sub _read {
+    my ($self) = @_;
+    my $n = sysread($self->{s}, my $chunk, 1 << 18);
+    if (!defined $n) {
+        return 1 if $!{EINTR} || $!{EAGAIN};
+        $self->{eof} = 1;
+        return 0;
+    }
+    if ($n == 0) {
+        $self->{eof} = 1;
+        return 0;
+    }
+    ${*{ $self->{s} }}{collab_buf} .= $chunk;
+    $self->_parse;
+    return 1;
+}
+
+# Chat::pump($timeout, @clients): waits up to $timeout for any of them to
+# be readable and reads all that are; returns how many were
+sub pump {
+    my ($timeout, @c) = @_;
+    @c = grep { !$_->{eof} } @c;
+    return 0 unless @c;
+    my %by = map { fileno($_->{s}) => $_ } @c;
+    my @r = IO::Select->new(map { $_->{s} } @c)->can_read($timeout);
+    $by{ fileno $_ }->_read for @r;
+    return scalar @r;
+}
+
+# the first message the predicate ($_) accepts, removed from the inbox;
+# undef after $timeout seconds or at EOF
+sub take {
+    my ($self, $pred, $timeout) = @_;
+    my $end = time + ($timeout // 10);
+    while (1) {
+        my $in = $self->{inbox};
+        for my $i (0 .. $#$in) {
+            local $_ = $in->[$i];
+            return splice(@$in, $i, 1) if $pred->();
+        }
+        return undef if $self->{eof} || time >= $end;
+        pump($end - time, $self);
+    }
+}
+
+# sends the request with a fresh "ref" (unless it has one) and returns
+# the reply carrying that ref
+sub req {
+    my ($self, %r) = @_;
+    my $timeout = delete $r{-timeout} // 15;
+    $r{ref} //= 'r' . ++$NREF;
+    my $ref = $r{ref};
+    $self->send(\%r);
+    return $self->take(sub { defined $_->{ref} && $_->{ref} eq $ref },
+                       $timeout)
+        // { op => '(no reply)', ref => $ref };
+}
+
+# the next $n "message" events in arrival order (fewer on timeout)
+sub events {
+    my ($self, $n, $timeout) = @_;
+    my $end = time + ($timeout // 15);
+    my @ev;
+    while (@ev < $n) {
+        my $e = $self->take(sub { $_->{op} eq 'message' }, $end - time)
+            // last;
+        push @ev, $e;
+    }
+    return @ev;
+}
+
+# every message event that arrives within $wait seconds
+sub drain_events {
+    my ($self, $wait) = @_;
+    my @ev;
+    while (my $e = $self->take(sub { $_->{op} eq 'message' }, $wait)) {
+        push @ev, $e;
+    }
+    return @ev;
+}
+
+# the inbox minus what a test does not care about
+sub pending {
+    my ($self) = @_;
+    pump(0, $self);
+    return @{ $self->{inbox} };
+}
+
+
+}
+
+my $t = Collab::Test->new;
+$t->start_pg;
+
+my $conf = <<'CONF';
+    collab_postgres "%%PG_DSN%%" pool=4 timeout=30s;
+    collab_batch_window 2ms;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location /chat {
+            collab_websocket;
+            collab_user $http_x_user_id;
+            collab_user_name $http_x_user_name;
+            collab_send_queue_size 16m;
+        }
+    }
+CONF
+
+(my $conf_b = $conf) =~ s/%%PORT%%/%%PORT2%%/;
+$t->start_nginx($conf, name => 'a');
+$t->start_nginx($conf_b, name => 'b');
+my @ports = ($t->port(1), $t->port(2));
+
+my $dbh = $t->pg_dbh;
+
+sub rows { $dbh->selectrow_array($_[0], undef, @_[1 .. $#_]) }
+
+my $owner = Chat->open($t, user => 'owner', port => $ports[0]);
+my $r = $owner->req(op => 'create', title => 'crowd', isPublic => \1);
+my $slug = $r->{session}{id};
+my $sid = rows('SELECT id FROM chat_sessions WHERE slug = ?', $slug);
+ok($sid, 'session created');
+
+my $SENDERS = 20;
+my $PER = 200;
+my $WINDOW = 64;
+
+my (@senders, @readers);
+for my $i (0 .. $SENDERS - 1) {
+    my $c = Chat->open($t, user => "s$i", port => $ports[$i % 2]);
+    $c->{inst} = $i % 2;
+    push @senders, $c;
+}
+for my $i (0, 1) {
+    my $c = Chat->open($t, user => "reader$i", port => $ports[$i]);
+    $c->{inst} = $i;
+    push @readers, $c;
+}
+for my $c (@senders, @readers) {
+    $c->send({ op => 'join', session => $slug, ref => 'join' });
+}
+my $joined = 0;
+for my $c (@senders, @readers) {
+    my $j = $c->take(sub { ($_->{ref} // '') eq 'join' }, 30);
+    $joined++ if $j && $j->{op} eq 'joined';
+}
+is($joined, $SENDERS + 2, 'all senders and readers joined');
+
+# every sender sends at once, each keeping up to $WINDOW unacked
+my (%sent, %acks, %errors, %reader_seqs);
+my $end = time + 120;
+my $done = 0;
+
+while ($done < $SENDERS && time < $end) {
+    for my $c (@senders) {
+        my $u = $c->user;
+        my $n = $sent{$u} // 0;
+        my $a = scalar @{ $acks{$u} // [] } + ($errors{$u} // 0);
+        while ($n < $PER && $n - $a < $WINDOW) {
+            $n++;
+            $c->send({ op => 'send', session => $slug,
+                       body => "$u says $n", clientMsgId => "$u-$n",
+                       ref => $n });
+        }
+        $sent{$u} = $n;
+    }
+    Chat::pump(0.05, @senders, @readers);
+    $done = 0;
+    for my $c (@senders) {
+        my $u = $c->user;
+        for my $m (@{ $c->{inbox} }) {
+            if ($m->{op} eq 'ack') {
+                push @{ $acks{$u} }, $m;
+            } elsif ($m->{op} eq 'error') {
+                $errors{$u}++;
+                diag("$u: error $m->{code} ref $m->{ref}")
+                    if $errors{$u} < 3;
+            }
+        }
+        @{ $c->{inbox} } = ();
+        $done++ if @{ $acks{$u} // [] } + ($errors{$u} // 0) >= $PER;
+    }
+    for my $c (@readers) {
+        push @{ $reader_seqs{ $c->{inst} } },
+            map { $_->{seq} } grep { $_->{op} eq 'message' }
+            @{ $c->{inbox} };
+        @{ $c->{inbox} } = ();
+    }
+}
+
+is($done, $SENDERS, 'every sender finished');
+is(scalar(keys %errors), 0, 'no error to any send');
+
+my (%ack_seq, $increasing, $all_200);
+$increasing = $all_200 = 0;
+for my $c (@senders) {
+    my $u = $c->user;
+    my @a = @{ $acks{$u} // [] };
+    $all_200++ if @a == $PER
+                  && join(',', map { $_->{ref} } @a) eq join(',', 1 .. $PER);
+    my $ok = 1;
+    for my $k (1 .. $#a) {
+        $ok = 0 unless $a[$k]{seq} > $a[$k - 1]{seq};
+    }
+    $increasing++ if $ok && @a;
+    $ack_seq{ $_->{clientMsgId} } = $_->{seq} for @a;
+    $ok = !grep { $_->{duplicate} } @a;
+    ok($ok, "$u: no ack is a duplicate") unless $ok;
+}
+is($all_200, $SENDERS, "every sender got $PER acks, in the order sent");
+is($increasing, $SENDERS, "every sender's ack seqs increase");
+
+my $total = $SENDERS * $PER;
+my $seqs = $dbh->selectcol_arrayref(
+    'SELECT seq FROM chat_messages WHERE session_id = ? ORDER BY seq',
+    undef, $sid);
+is(scalar @$seqs, $total, "$total rows");
+is_deeply($seqs, [1 .. $total], "seqs in the table are exactly 1..$total");
+is(rows('SELECT last_seq FROM chat_sessions WHERE id = ?', $sid), $total,
+   'last_seq matches');
+
+my %row_seq = map { $_->[0] => $_->[1] } @{ $dbh->selectall_arrayref(
+    'SELECT client_msg_id, seq FROM chat_messages WHERE session_id = ?',
+    undef, $sid) };
+is(scalar(grep { ($row_seq{$_} // -1) != $ack_seq{$_} } keys %ack_seq), 0,
+   "every ack's seq is the row of its clientMsgId");
+is(scalar(keys %ack_seq), $total, 'all distinct clientMsgIds acked');
+
+is(rows(q{SELECT count(*) FROM chat_messages m JOIN users u
+          ON u.id = m.user_id WHERE m.session_id = ?
+          AND m.body <> u.external_id || ' says ' ||
+              split_part(m.client_msg_id, '-', 2)}, $sid), 0,
+   'every row has its own body and author');
+
+# the readers: their instance's messages, increasing, none missing
+$end = time + 20;
+while (time < $end) {
+    my $have = 0;
+    $have += scalar @{ $reader_seqs{$_} // [] } for 0, 1;
+    last if $have >= $total;
+    Chat::pump(0.2, @readers) or next;
+    for my $c (@readers) {
+        push @{ $reader_seqs{ $c->{inst} } },
+            map { $_->{seq} } grep { $_->{op} eq 'message' }
+            @{ $c->{inbox} };
+        @{ $c->{inbox} } = ();
+    }
+}
+for my $i (0, 1) {
+    my @got = @{ $reader_seqs{$i} // [] };
+    my %mine;
+    for my $c (grep { $_->{inst} == $i } @senders) {
+        $mine{ $_->{seq} } = 1 for @{ $acks{ $c->user } // [] };
+    }
+    my $incr = !grep { $got[$_] <= $got[$_ - 1] } 1 .. $#got;
+    ok($incr, "reader on instance $i: events in increasing seq order");
+    my %got = map { $_ => 1 } @got;
+    my @missed = grep { !$got{$_} } sort { $a <=> $b } keys %mine;
+    is(scalar @missed, 0, "reader on instance $i: got every message sent"
+       . ' through its instance (' . scalar(@got) . ' events)')
+        or diag("missed seqs @missed[0 .. 9]");
+}
+
+
+# --- the same clientMsgId from both instances at once -----------------------
+
+my $ta = Chat->open($t, user => 'twin', port => $ports[0]);
+my $tb = Chat->open($t, user => 'twin', port => $ports[1]);
+for my $c ($ta, $tb) {
+    is($c->req(op => 'join', session => $slug)->{op}, 'joined',
+       'twin joins on instance ' . ($c == $ta ? 'a' : 'b'));
+}
+my $K = 50;
+for my $k (1 .. $K) {
+    for my $c ($ta, $tb) {
+        $c->send({ op => 'send', session => $slug, body => "twin $k",
+                   clientMsgId => "twin-$k", ref => "t$k" });
+    }
+}
+my ($pairs, $one_new) = (0, 0);
+for my $k (1 .. $K) {
+    my $x = $ta->take(sub { ($_->{ref} // '') eq "t$k" }, 30) // {};
+    my $y = $tb->take(sub { ($_->{ref} // '') eq "t$k" }, 30) // {};
+    if (($x->{op} // '') eq 'ack' && ($y->{op} // '') eq 'ack'
+        && $x->{seq} == $y->{seq})
+    {
+        $pairs++;
+        $one_new++ if !!$x->{duplicate} != !!$y->{duplicate};
+    } else {
+        diag("twin-$k: " . explain([$x, $y])) if $k - $pairs < 3;
+    }
+}
+is($pairs, $K, "both instances ack each of $K racing copies with one seq");
+is($one_new, $K, 'exactly one of each pair is new');
+is(rows(q{SELECT count(*) FROM chat_messages WHERE session_id = ?
+          AND client_msg_id LIKE 'twin-%'}, $sid), $K, "$K rows");
+is(rows('SELECT max(seq) - count(*) FROM chat_messages
+         WHERE session_id = ?', $sid), 0, 'still no gap in seq');
+
+for my $c (@senders, @readers, $owner, $ta, $tb) {
+    $c->close;
+}
+$dbh->disconnect;
+
+done_testing();
