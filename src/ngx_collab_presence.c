@@ -514,8 +514,17 @@ ngx_collab_presence_connect(ngx_collab_presence_who_t *who,
 
     ctx = ngx_collab_presence_ctx;
     now = ngx_current_msec;
-    name = ngx_min(who->name.len, NGX_COLLAB_PRESENCE_NAME);
     swept = 0;
+
+    /* a shortened name is cut before a UTF-8 continuation byte, not in it */
+
+    name = ngx_min(who->name.len, NGX_COLLAB_PRESENCE_NAME);
+
+    while (name < who->name.len && name
+           && (who->name.data[name] & 0xc0) == 0x80)
+    {
+        name--;
+    }
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 

@@ -89,6 +89,7 @@ static void ngx_collab_protocol_close(ngx_collab_ws_t *ws);
 static void ngx_collab_protocol_dispatch(ngx_collab_conn_t *conn,
     json_t *req);
 
+static ngx_uint_t ngx_collab_utf8_valid(ngx_str_t *s);
 static void ngx_collab_resolve(ngx_collab_conn_t *conn);
 static void ngx_collab_resolve_done(ngx_collab_pg_query_t *q, PGresult *res);
 static void ngx_collab_resolved(ngx_collab_conn_t *conn);
@@ -187,10 +188,11 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (user.len == 0 || user.len > 256) {
+    if (user.len == 0 || user.len > 256 || !ngx_collab_utf8_valid(&user)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "collab: %s user identity, refusing the upgrade",
-                      user.len ? "too long a" : "no");
+                      user.len == 0 ? "no"
+                      : (user.len > 256 ? "too long a" : "a non-UTF-8"));
         return NGX_HTTP_UNAUTHORIZED;
     }
 
@@ -202,7 +204,7 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (name.len > 256) {
+    if (name.len > 256 || !ngx_collab_utf8_valid(&name)) {
         name.len = 0;
     }
 
@@ -370,6 +372,21 @@ ngx_collab_protocol_dispatch(ngx_collab_conn_t *conn, json_t *req)
     }
 
     o->handler(conn, req, ref);
+}
+
+
+/* what the site names its users must be text: JSON and PostgreSQL say so */
+
+static ngx_uint_t
+ngx_collab_utf8_valid(ngx_str_t *s)
+{
+    ngx_collab_utf8_t  u;
+
+    ngx_memzero(&u, sizeof(ngx_collab_utf8_t));
+
+    return ngx_collab_utf8_feed(&u, s->data, s->len) == 0
+           && ngx_collab_utf8_complete(&u)
+           && ngx_strlchr(s->data, s->data + s->len, '\0') == NULL;
 }
 
 

@@ -263,6 +263,11 @@ sub err_code { $_[0]{op} eq 'error' ? $_[0]{code} : "(op $_[0]{op})" }
 
 for my $case (['/chat', {}, 'no X-User-Id'],
               ['/chat', { 'X-User-Id' => '' }, 'an empty X-User-Id'],
+              ['/chat', { 'X-User-Id' => 'x' x 257 }, 'a 257-byte X-User-Id'],
+              ['/chat', { 'X-User-Id' => "ann\xff" },
+               'an X-User-Id that is not UTF-8'],
+              ['/chat', { 'X-User-Id' => "\xc3" },
+               'an X-User-Id ending inside a UTF-8 sequence'],
               ['/nouser', { 'X-User-Id' => 'u1' }, 'no collab_user'])
 {
     my ($path, $h, $why) = @$case;
