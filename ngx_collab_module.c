@@ -37,6 +37,7 @@ static char *ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_collab_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_collab_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_collab_init_process(ngx_cycle_t *cycle);
 static void ngx_collab_exit_process(ngx_cycle_t *cycle);
 
@@ -132,6 +133,13 @@ static ngx_command_t  ngx_collab_commands[] = {
       ngx_conf_set_num_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_collab_main_conf_t, join_history),
+      NULL },
+
+    { ngx_string("collab_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_collab_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("collab_zone"),
@@ -530,9 +538,19 @@ ngx_collab_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static char *
+ngx_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_main_conf_t *cmcf = conf;
+
+    return ngx_collab_redis_conf(cf, &cmcf->redis);
+}
+
+
 static ngx_int_t
 ngx_collab_init_process(ngx_cycle_t *cycle)
 {
+    ngx_core_conf_t         *ccf;
     ngx_collab_main_conf_t  *cmcf;
 
     cmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_collab_module);
@@ -549,6 +567,25 @@ ngx_collab_init_process(ngx_cycle_t *cycle)
 
     ngx_collab_presence_events_init(cmcf->presence.batch, cycle->log);
 
+    if (cmcf->redis.host.data) {
+        if (ngx_collab_redis_init_process(cycle, &cmcf->redis) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else if (ngx_worker == 0 && cmcf->pg.conninfo.data) {
+        ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx,
+                                               ngx_core_module);
+
+        if (ccf->worker_processes > 1) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "collab: %i workers and no \"collab_redis\": a "
+                          "message reaches other workers' connections only "
+                          "when they read it from PostgreSQL, after a "
+                          "delay; configure collab_redis",
+                          ccf->worker_processes);
+        }
+    }
+
     if (cmcf->pg.conninfo.data == NULL) {
         return NGX_OK;
     }
@@ -560,6 +597,7 @@ ngx_collab_init_process(ngx_cycle_t *cycle)
 static void
 ngx_collab_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_collab_redis_exit_process(cycle);
     ngx_collab_pg_exit_process(cycle);
     ngx_collab_presence_exit_process(cycle);
 }

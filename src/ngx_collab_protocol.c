@@ -861,6 +861,10 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
         goto done;
     }
 
+    if (room->seq < 0) {
+        room->seq = ngx_collab_store_int(res, 0, "last_seq");
+    }
+
     m = NULL;
 
     for (qq = ngx_queue_head(&conn->members);

@@ -20,17 +20,39 @@
  * held events are dropped and the join answers "more", so the client
  * reads them from PostgreSQL instead: memory stays bounded and nothing is
  * skipped.  Event frames are shared: held and queued by reference.
+ *
+ * Events reach a room from this worker's own commits and, through Redis,
+ * from other workers and hosts, so they may come out of order or not at
+ * all.  A room delivers strictly in seq order: room->seq is the last seq
+ * it delivered, an event beyond a gap waits in room->early (at most
+ * NGX_COLLAB_ROOM_EARLY) for the missing ones, and a gap still open after
+ * NGX_COLLAB_ROOM_GAP ms is filled from PostgreSQL (a "resync"), which
+ * also runs for every room when Redis comes back.  A room's seq starts at
+ * the session's newest when the room is created by a join.
  */
 
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_http.h>
 
+#include "ngx_collab.h"
+#include "ngx_collab_pg.h"
+#include "ngx_collab_store.h"
+#include "ngx_collab_redis.h"
+#include "ngx_collab_protocol.h"
 #include "ngx_collab_room.h"
 
 
 static void ngx_collab_member_drop_held(ngx_collab_member_t *m,
     int64_t upto);
+static void ngx_collab_room_deliver(ngx_collab_room_t *room, int64_t seq,
+    ngx_collab_ws_msg_t *msg);
+static void ngx_collab_room_drain(ngx_collab_room_t *room);
+static void ngx_collab_room_gap(ngx_event_t *ev);
+static void ngx_collab_room_resync_done(ngx_collab_pg_query_t *q,
+    PGresult *res);
 
 
 static ngx_rbtree_t       ngx_collab_rooms;
@@ -103,7 +125,16 @@ ngx_collab_room_get(int64_t id, ngx_str_t *slug, ngx_log_t *log)
     ngx_queue_init(&room->members);
     ngx_queue_init(&room->pending);
 
+    room->seq = -1;
+
+    room->gap.handler = ngx_collab_room_gap;
+    room->gap.data = room;
+    room->gap.log = log;
+    room->gap.cancelable = 1;
+
     ngx_rbtree_insert(&ngx_collab_rooms, &room->node);
+
+    ngx_collab_redis_subscribe(room);
 
     return room;
 }
@@ -112,8 +143,26 @@ ngx_collab_room_get(int64_t id, ngx_str_t *slug, ngx_log_t *log)
 void
 ngx_collab_room_release(ngx_collab_room_t *room)
 {
-    if (room->nmembers || room->npending || room->inflight || room->queued) {
+    ngx_uint_t  i;
+
+    if (room->nmembers || room->npending || room->inflight || room->queued
+        || room->resyncing)
+    {
         return;
+    }
+
+    ngx_collab_redis_unsubscribe(room);
+
+    if (room->gap.timer_set) {
+        ngx_del_timer(&room->gap);
+    }
+
+    for (i = 0; i < room->nearly; i++) {
+        ngx_collab_ws_msg_release(room->early[i].msg);
+    }
+
+    if (room->early) {
+        ngx_free(room->early);
     }
 
     ngx_collab_presence_snapshot_free(&room->presence);
@@ -219,9 +268,238 @@ ngx_collab_member_live(ngx_collab_member_t *m)
 }
 
 
-/* writes an event to every member of the room that has not had it */
+/*
+ * An event with its seq, from this worker's commit, from Redis or from a
+ * resync: delivered now if it is the next one, held if it comes early,
+ * dropped if it was delivered already.
+ */
 
 void
+ngx_collab_room_publish(ngx_collab_room_t *room, int64_t seq,
+    ngx_collab_ws_msg_t *msg)
+{
+    ngx_uint_t  i;
+
+    if (room->seq < 0) {
+        room->seq = seq - 1;
+    }
+
+    if (seq <= room->seq) {
+        return;
+    }
+
+    if (seq == room->seq + 1) {
+        ngx_collab_room_deliver(room, seq, msg);
+        room->seq = seq;
+        ngx_collab_room_drain(room);
+        return;
+    }
+
+    /* beyond a gap: keep it in seq order, once */
+
+    if (room->early == NULL) {
+        room->early = ngx_alloc(NGX_COLLAB_ROOM_EARLY
+                                * sizeof(ngx_collab_held_t),
+                                room->gap.log);
+    }
+
+    if (room->early && room->nearly < NGX_COLLAB_ROOM_EARLY) {
+
+        for (i = room->nearly; i > 0 && room->early[i - 1].seq > seq; i--) {
+            /* void */
+        }
+
+        if (i == 0 || room->early[i - 1].seq != seq) {
+            ngx_memmove(&room->early[i + 1], &room->early[i],
+                        (room->nearly - i) * sizeof(ngx_collab_held_t));
+
+            msg->refs++;
+            room->early[i].seq = seq;
+            room->early[i].msg = msg;
+            room->nearly++;
+        }
+    }
+
+    /* what does not fit is read from PostgreSQL with the rest of the gap */
+
+    if (!room->gap.timer_set && !room->resyncing) {
+        ngx_add_timer(&room->gap, NGX_COLLAB_ROOM_GAP);
+    }
+}
+
+
+/* delivers the held events that are now next in seq */
+
+static void
+ngx_collab_room_drain(ngx_collab_room_t *room)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < room->nearly; i++) {
+
+        if (room->early[i].seq > room->seq + 1) {
+            break;
+        }
+
+        if (room->early[i].seq == room->seq + 1) {
+            ngx_collab_room_deliver(room, room->early[i].seq,
+                                    room->early[i].msg);
+            room->seq = room->early[i].seq;
+        }
+
+        ngx_collab_ws_msg_release(room->early[i].msg);
+    }
+
+    if (i) {
+        ngx_memmove(&room->early[0], &room->early[i],
+                    (room->nearly - i) * sizeof(ngx_collab_held_t));
+        room->nearly -= i;
+    }
+
+    if (room->nearly == 0) {
+        if (room->gap.timer_set) {
+            ngx_del_timer(&room->gap);
+        }
+
+        if (room->early) {
+            ngx_free(room->early);
+            room->early = NULL;
+        }
+    }
+}
+
+
+static void
+ngx_collab_room_gap(ngx_event_t *ev)
+{
+    ngx_collab_room_resync(ev->data);
+}
+
+
+/* reads from PostgreSQL what this room has not delivered yet */
+
+void
+ngx_collab_room_resync(ngx_collab_room_t *room)
+{
+    ngx_collab_pg_query_t  *q;
+
+    if (room->resyncing) {
+        room->resync_again = 1;
+        return;
+    }
+
+    if (room->seq < 0) {
+        return;
+    }
+
+    if (room->gap.timer_set) {
+        ngx_del_timer(&room->gap);
+    }
+
+    q = ngx_collab_pg_query_create(ngx_collab_sql_messages_since, 3,
+                                   3 * NGX_INT64_LEN);
+    if (q == NULL) {
+        goto failed;
+    }
+
+    (void) ngx_collab_pg_param_int(q, 0, room->id);
+    (void) ngx_collab_pg_param_int(q, 1, room->seq);
+    (void) ngx_collab_pg_param_int(q, 2, 500);
+
+    q->handler = ngx_collab_room_resync_done;
+    q->data = room;
+
+    if (ngx_collab_pg_send(q) != NGX_OK) {
+        goto failed;
+    }
+
+    room->resyncing = 1;
+    room->resync_again = 0;
+
+    return;
+
+failed:
+
+    /* PostgreSQL is unavailable: try again later, if anyone still waits */
+
+    if (room->nmembers) {
+        ngx_add_timer(&room->gap, 1000);
+    }
+}
+
+
+static void
+ngx_collab_room_resync_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    int                   i, n;
+    json_t               *event, *m;
+    int64_t               seq;
+    ngx_collab_room_t    *room;
+    ngx_collab_ws_msg_t  *msg;
+
+    room = q->data;
+    room->resyncing = 0;
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, room->gap.log) != NGX_OK) {
+
+        if (room->nmembers) {
+            ngx_add_timer(&room->gap, 1000);
+        }
+
+        ngx_collab_room_release(room);
+        return;
+    }
+
+    n = PQntuples(res);
+
+    for (i = 0; i < n; i++) {
+        seq = ngx_collab_store_int(res, i, "seq");
+
+        if (seq != room->seq + 1) {
+            continue;
+        }
+
+        event = json_pack("{s:s,s:s%}", "op", "message",
+                          "session", room->slug.data, room->slug.len);
+        m = ngx_collab_store_message(res, i);
+
+        if (event == NULL || m == NULL || json_object_update(event, m) != 0) {
+            json_decref(event);
+            json_decref(m);
+            break;
+        }
+
+        json_decref(m);
+
+        msg = ngx_collab_protocol_encode(event, room->gap.log);
+        json_decref(event);
+
+        if (msg == NULL) {
+            break;
+        }
+
+        ngx_collab_room_deliver(room, seq, msg);
+        ngx_collab_ws_msg_release(msg);
+
+        room->seq = seq;
+    }
+
+    ngx_collab_room_drain(room);
+
+    if (n == 500 || room->resync_again) {
+        ngx_collab_room_resync(room);
+
+    } else if (room->nearly && !room->gap.timer_set) {
+        ngx_add_timer(&room->gap, NGX_COLLAB_ROOM_GAP);
+    }
+
+    ngx_collab_room_release(room);
+}
+
+
+/* writes an event to every member of the room that has not had it */
+
+static void
 ngx_collab_room_deliver(ngx_collab_room_t *room, int64_t seq,
     ngx_collab_ws_msg_t *msg)
 {

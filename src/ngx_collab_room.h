@@ -18,10 +18,22 @@
 /* events held for a member while it catches up, at most */
 #define NGX_COLLAB_ROOM_HOLD  256
 
+/* events held for a room beyond a gap in seqs, at most */
+#define NGX_COLLAB_ROOM_EARLY 256
+
+/* how long a gap may wait for its missing event before PostgreSQL is read */
+#define NGX_COLLAB_ROOM_GAP   200
+
 
 typedef struct ngx_collab_conn_s    ngx_collab_conn_t;
 typedef struct ngx_collab_room_s    ngx_collab_room_t;
 typedef struct ngx_collab_member_s  ngx_collab_member_t;
+
+
+typedef struct {
+    int64_t                     seq;
+    ngx_collab_ws_msg_t        *msg;
+} ngx_collab_held_t;
 
 
 /* a chat session as this worker knows it: its local connections */
@@ -44,14 +56,15 @@ struct ngx_collab_room_s {
     ngx_collab_presence_snapshot_t  presence;  /* as last fanned out */
     ngx_msec_t                  presence_next;
 
+    int64_t                     seq;           /* delivered in order */
+    ngx_collab_held_t          *early;         /* beyond a gap, by seq */
+    ngx_uint_t                  nearly;
+    ngx_event_t                 gap;
+    unsigned                    resyncing:1;
+    unsigned                    resync_again:1;
+
     u_char                      data[1];       /* the slug */
 };
-
-
-typedef struct {
-    int64_t                     seq;
-    ngx_collab_ws_msg_t        *msg;
-} ngx_collab_held_t;
 
 
 /* one connection joined to one room */
@@ -89,8 +102,9 @@ ngx_uint_t ngx_collab_member_advance(ngx_collab_member_t *m, int64_t seq,
     ngx_uint_t more);
 void ngx_collab_member_live(ngx_collab_member_t *m);
 
-void ngx_collab_room_deliver(ngx_collab_room_t *room, int64_t seq,
+void ngx_collab_room_publish(ngx_collab_room_t *room, int64_t seq,
     ngx_collab_ws_msg_t *msg);
+void ngx_collab_room_resync(ngx_collab_room_t *room);
 void ngx_collab_room_broadcast(ngx_collab_room_t *room,
     ngx_collab_ws_msg_t *msg, int64_t except_user);
 ngx_collab_room_t *ngx_collab_room_first(void);

@@ -35,6 +35,7 @@
 #include "ngx_collab.h"
 #include "ngx_collab_pg.h"
 #include "ngx_collab_store.h"
+#include "ngx_collab_redis.h"
 #include "ngx_collab_send.h"
 
 
@@ -492,7 +493,10 @@ ngx_collab_send_ack(ngx_collab_batch_t *batch, ngx_collab_send_t *s,
             json_decref(event);
 
             if (msg) {
-                ngx_collab_room_deliver(room, seq, msg);
+                ngx_collab_redis_publish(room, seq, msg->payload,
+                                         msg->len - (msg->payload
+                                                     - msg->data));
+                ngx_collab_room_publish(room, seq, msg);
                 ngx_collab_ws_msg_release(msg);
             }
         }

@@ -1,0 +1,835 @@
+
+/*
+ * Copyright (C) ngx_collab authors
+ */
+
+
+/*
+ * Redis pub/sub between workers and hosts, with the system's hiredis.
+ *
+ * Each worker holds two hiredis async contexts: one that SUBSCRIBEs and
+ * one that PUBLISHes (a subscribed connection may send nothing else).
+ * The adapter hands hiredis's socket to nginx through ngx_get_connection()
+ * and level-triggered events: hiredis reads a bounded amount per call,
+ * and a level-triggered read event is reported again while data waits,
+ * so nothing is left unread as it could be with edge-triggered epoll.
+ *
+ * Channels are per session, "<prefix>s:<session id>".  A worker is
+ * subscribed to the channel of every room it has (a room exists while
+ * the worker has connections in the session, or sends for it in flight);
+ * the room's creation subscribes and its release unsubscribes.  A stored
+ * message is published once, after COMMIT, as "<seq> <origin>\n<event>",
+ * the event being the very JSON text the local connections get; a worker
+ * receiving it writes those bytes to its connections without re-encoding,
+ * ignores what it published itself, and leaves the ordering to the room
+ * (ngx_collab_room_publish()): by seq, with gaps healed from PostgreSQL.
+ *
+ * Faults.  A lost context is reconnected with exponential backoff and
+ * jitter; meanwhile publishing is skipped and same-worker delivery goes
+ * on.  When the subscriber comes back it subscribes again to every room
+ * and has every room read from PostgreSQL what it may have missed, by
+ * seq.  Publishes waiting for Redis are bounded: past the bound they are
+ * dropped, which the receivers' gap healing covers.
+ *
+ * hiredis resolves host names synchronously: collab_redis takes an
+ * address or a unix socket.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+#include "ngx_collab.h"
+#include "ngx_collab_room.h"
+#include "ngx_collab_redis.h"
+
+
+#define NGX_COLLAB_REDIS_BACKOFF_MIN   100
+#define NGX_COLLAB_REDIS_BACKOFF_MAX   5000
+#define NGX_COLLAB_REDIS_TIMEOUT       3000
+#define NGX_COLLAB_REDIS_INFLIGHT_MAX  10000
+
+
+typedef struct {
+    redisAsyncContext          *ac;
+    ngx_connection_t           *c;
+    ngx_event_t                 timer;         /* reconnect or connect */
+    ngx_uint_t                  failures;
+    ngx_uint_t                  inflight;      /* publishes unanswered */
+    const char                 *name;
+    unsigned                    subscriber:1;
+    unsigned                    connected:1;
+} ngx_collab_redis_link_t;
+
+
+static void ngx_collab_redis_connect(ngx_event_t *ev);
+static void ngx_collab_redis_retry(ngx_collab_redis_link_t *link);
+static void ngx_collab_redis_on_connect(const redisAsyncContext *ac,
+    int status);
+static void ngx_collab_redis_on_disconnect(const redisAsyncContext *ac,
+    int status);
+static void ngx_collab_redis_handler(ngx_event_t *ev);
+static void ngx_collab_redis_add_read(void *data);
+static void ngx_collab_redis_del_read(void *data);
+static void ngx_collab_redis_add_write(void *data);
+static void ngx_collab_redis_del_write(void *data);
+static void ngx_collab_redis_cleanup(void *data);
+static ngx_int_t ngx_collab_redis_event(ngx_collab_redis_link_t *link,
+    ngx_uint_t write, ngx_uint_t on);
+static void ngx_collab_redis_message(redisAsyncContext *ac, void *r,
+    void *data);
+static void ngx_collab_redis_published(redisAsyncContext *ac, void *r,
+    void *data);
+static size_t ngx_collab_redis_channel(u_char *buf, int64_t id);
+static ssize_t ngx_collab_redis_read_file(ngx_str_t *name, u_char *buf,
+    size_t size, ngx_log_t *log);
+
+
+static ngx_collab_redis_conf_t  *ngx_collab_redis_cf;
+static ngx_collab_redis_link_t   ngx_collab_redis_sub;
+static ngx_collab_redis_link_t   ngx_collab_redis_pub;
+static ngx_log_t                *ngx_collab_redis_log;
+static uint64_t                  ngx_collab_redis_origin;
+
+
+char *
+ngx_collab_redis_conf(ngx_conf_t *cf, ngx_collab_redis_conf_t *rcf)
+{
+    u_char      *p;
+    ssize_t      n;
+    ngx_str_t   *value, s, file;
+    ngx_int_t    port;
+    ngx_uint_t   i;
+
+    if (rcf->host.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        rcf->host.data = value[1].data + 5;
+        rcf->host.len = value[1].len - 5;
+        rcf->port = 0;
+
+    } else {
+        p = ngx_strlchr(value[1].data, value[1].data + value[1].len, ':');
+        if (p == NULL) {
+            goto invalid;
+        }
+
+        port = ngx_atoi(p + 1, value[1].data + value[1].len - p - 1);
+        if (port < 1 || port > 65535) {
+            goto invalid;
+        }
+
+        rcf->host.data = value[1].data;
+        rcf->host.len = p - value[1].data;
+        rcf->port = port;
+        *p = '\0';
+    }
+
+    if (rcf->host.len == 0) {
+        goto invalid;
+    }
+
+    ngx_str_set(&rcf->prefix, "collab:");
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
+            rcf->password.data = value[i].data + 9;
+            rcf->password.len = value[i].len - 9;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "password_file=", 14) == 0) {
+            file.data = value[i].data + 14;
+            file.len = value[i].len - 14;
+
+            if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            s.data = ngx_pnalloc(cf->pool, 1024);
+            if (s.data == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            n = ngx_collab_redis_read_file(&file, s.data, 1024, cf->log);
+            if (n < 0) {
+                return NGX_CONF_ERROR;
+            }
+
+            s.len = n;
+
+            while (s.len && (s.data[s.len - 1] == '\n'
+                             || s.data[s.len - 1] == '\r'))
+            {
+                s.len--;
+            }
+
+            rcf->password = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            rcf->db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (rcf->db == NGX_ERROR) {
+                goto invalid_param;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "prefix=", 7) == 0) {
+            rcf->prefix.data = value[i].data + 7;
+            rcf->prefix.len = value[i].len - 7;
+            continue;
+        }
+
+        goto invalid_param;
+    }
+
+    if (rcf->password.len) {
+        p = ngx_pnalloc(cf->pool, rcf->password.len + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(p, rcf->password.data, rcf->password.len);
+        p[rcf->password.len] = '\0';
+        rcf->password.data = p;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid redis address \"%V\", expected "
+                       "\"address:port\" or \"unix:path\"", &value[1]);
+    return NGX_CONF_ERROR;
+
+invalid_param:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
+                       &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/* the password file at configuration time (the master reads it as root) */
+
+static ssize_t
+ngx_collab_redis_read_file(ngx_str_t *name, u_char *buf, size_t size,
+    ngx_log_t *log)
+{
+    ssize_t   n;
+    ngx_fd_t  fd;
+
+    fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_EMERG, log, ngx_errno,
+                      ngx_open_file_n " \"%V\" failed", name);
+        return NGX_ERROR;
+    }
+
+    n = ngx_read_fd(fd, buf, size);
+
+    if (n == -1) {
+        ngx_log_error(NGX_LOG_EMERG, log, ngx_errno,
+                      ngx_read_fd_n " \"%V\" failed", name);
+    }
+
+    if (ngx_close_file(fd) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      ngx_close_file_n " \"%V\" failed", name);
+    }
+
+    if (n == (ssize_t) size) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "redis password file \"%V\" is too long", name);
+        return NGX_ERROR;
+    }
+
+    return n;
+}
+
+
+ngx_int_t
+ngx_collab_redis_init_process(ngx_cycle_t *cycle,
+    ngx_collab_redis_conf_t *rcf)
+{
+    ngx_collab_redis_cf = rcf;
+    ngx_collab_redis_log = cycle->log;
+
+    /* what this worker publishes carries this, to be recognised */
+    ngx_collab_redis_origin = (((uint64_t) ngx_random() << 32)
+                               ^ (uint64_t) ngx_random() ^ (uint64_t) ngx_pid)
+                              & 0x0fffffffffffffffULL;
+
+    ngx_collab_redis_sub.subscriber = 1;
+    ngx_collab_redis_sub.name = "subscriber";
+    ngx_collab_redis_pub.name = "publisher";
+
+    ngx_collab_redis_sub.timer.handler = ngx_collab_redis_connect;
+    ngx_collab_redis_sub.timer.data = &ngx_collab_redis_sub;
+    ngx_collab_redis_sub.timer.log = cycle->log;
+    ngx_collab_redis_sub.timer.cancelable = 1;
+
+    ngx_collab_redis_pub.timer = ngx_collab_redis_sub.timer;
+    ngx_collab_redis_pub.timer.data = &ngx_collab_redis_pub;
+
+    ngx_collab_redis_connect(&ngx_collab_redis_sub.timer);
+    ngx_collab_redis_connect(&ngx_collab_redis_pub.timer);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_collab_redis_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                i;
+    ngx_collab_redis_link_t  *link, *links[2];
+
+    if (ngx_collab_redis_cf == NULL) {
+        return;
+    }
+
+    links[0] = &ngx_collab_redis_sub;
+    links[1] = &ngx_collab_redis_pub;
+
+    for (i = 0; i < 2; i++) {
+        link = links[i];
+
+        if (link->timer.timer_set) {
+            ngx_del_timer(&link->timer);
+        }
+
+        if (link->ac) {
+            link->ac->onDisconnect = NULL;
+            redisAsyncFree(link->ac);
+            link->ac = NULL;
+        }
+    }
+
+    ngx_collab_redis_cf = NULL;
+}
+
+
+/* connections */
+
+
+static void
+ngx_collab_redis_connect(ngx_event_t *ev)
+{
+    ngx_uint_t                level;
+    redisAsyncContext        *ac;
+    ngx_collab_redis_link_t  *link;
+    ngx_collab_redis_conf_t  *rcf;
+
+    link = ev->data;
+    rcf = ngx_collab_redis_cf;
+
+    if (link->ac) {
+
+        /* the connect timer: no answer in time */
+
+        ngx_log_error(NGX_LOG_ERR, ngx_collab_redis_log, 0,
+                      "collab: redis %s: connect timed out", link->name);
+
+        ac = link->ac;
+        link->ac = NULL;
+        ac->onDisconnect = NULL;
+        redisAsyncFree(ac);
+
+        ngx_collab_redis_retry(link);
+        return;
+    }
+
+    if (rcf->port) {
+        ac = redisAsyncConnect((char *) rcf->host.data, (int) rcf->port);
+
+    } else {
+        ac = redisAsyncConnectUnix((char *) rcf->host.data);
+    }
+
+    if (ac == NULL || ac->err) {
+        level = link->failures ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+        ngx_log_error(level, ngx_collab_redis_log, 0,
+                      "collab: redis %s: connect failed: %s", link->name,
+                      ac ? ac->errstr : "out of memory");
+
+        if (ac) {
+            redisAsyncFree(ac);
+        }
+
+        ngx_collab_redis_retry(link);
+        return;
+    }
+
+    link->ac = ac;
+    link->connected = 0;
+    link->inflight = 0;
+
+    ac->data = link;
+    ac->ev.data = link;
+    ac->ev.addRead = ngx_collab_redis_add_read;
+    ac->ev.delRead = ngx_collab_redis_del_read;
+    ac->ev.addWrite = ngx_collab_redis_add_write;
+    ac->ev.delWrite = ngx_collab_redis_del_write;
+    ac->ev.cleanup = ngx_collab_redis_cleanup;
+
+    (void) redisAsyncSetConnectCallback(ac, ngx_collab_redis_on_connect);
+    (void) redisAsyncSetDisconnectCallback(ac,
+                                           ngx_collab_redis_on_disconnect);
+
+    /* hiredis waits for the connect to complete on the write event */
+    ngx_collab_redis_add_write(link);
+
+    if (rcf->password.len) {
+        (void) redisAsyncCommand(ac, NULL, NULL, "AUTH %s",
+                                 rcf->password.data);
+    }
+
+    if (rcf->db) {
+        (void) redisAsyncCommand(ac, NULL, NULL, "SELECT %d", (int) rcf->db);
+    }
+
+    ngx_add_timer(&link->timer, NGX_COLLAB_REDIS_TIMEOUT);
+}
+
+
+static void
+ngx_collab_redis_retry(ngx_collab_redis_link_t *link)
+{
+    ngx_msec_t  delay;
+
+    link->connected = 0;
+
+    delay = NGX_COLLAB_REDIS_BACKOFF_MIN << ngx_min(link->failures, 6);
+    delay = ngx_min(delay, NGX_COLLAB_REDIS_BACKOFF_MAX);
+    delay = delay / 2 + (ngx_msec_t) ngx_random() % (delay / 2 + 1);
+
+    link->failures++;
+
+    ngx_add_timer(&link->timer, delay);
+}
+
+
+static void
+ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
+{
+    ngx_uint_t                level;
+    ngx_collab_room_t        *room;
+    ngx_collab_redis_link_t  *link;
+
+    link = ac->data;
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
+
+    if (status != REDIS_OK) {
+
+        /* hiredis frees the context after this callback */
+
+        level = link->failures ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+        ngx_log_error(level, ngx_collab_redis_log, 0,
+                      "collab: redis %s: connect failed: %s", link->name,
+                      ac->errstr);
+
+        link->ac = NULL;
+        ngx_collab_redis_retry(link);
+        return;
+    }
+
+    if (link->failures) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_collab_redis_log, 0,
+                      "collab: redis %s: connected again", link->name);
+    }
+
+    link->connected = 1;
+    link->failures = 0;
+
+    if (!link->subscriber) {
+        return;
+    }
+
+    /* what may have been published meanwhile is read from PostgreSQL */
+
+    for (room = ngx_collab_room_first(); room;
+         room = ngx_collab_room_next(room))
+    {
+        ngx_collab_redis_subscribe(room);
+        ngx_collab_room_resync(room);
+    }
+}
+
+
+static void
+ngx_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    ngx_collab_redis_link_t  *link;
+
+    link = ac->data;
+
+    ngx_log_error(NGX_LOG_ERR, ngx_collab_redis_log, 0,
+                  "collab: redis %s: connection lost%s%s", link->name,
+                  ac->err ? ": " : "", ac->err ? ac->errstr : "");
+
+    /* hiredis frees the context after this callback */
+
+    link->ac = NULL;
+    ngx_collab_redis_retry(link);
+}
+
+
+/* the adapter: hiredis's socket on nginx's events */
+
+
+static void
+ngx_collab_redis_handler(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_collab_redis_link_t  *link;
+
+    c = ev->data;
+    link = c->data;
+
+    if (link->ac == NULL) {
+        return;
+    }
+
+    /* either may free the context, and the connection with it */
+
+    if (ev->write) {
+        redisAsyncHandleWrite(link->ac);
+
+    } else {
+        redisAsyncHandleRead(link->ac);
+    }
+}
+
+
+static ngx_int_t
+ngx_collab_redis_event(ngx_collab_redis_link_t *link, ngx_uint_t write,
+    ngx_uint_t on)
+{
+    ngx_event_t       *ev;
+    ngx_connection_t  *c;
+
+    c = link->c;
+
+    if (c == NULL) {
+        if (!on || link->ac == NULL) {
+            return NGX_OK;
+        }
+
+        c = ngx_get_connection(link->ac->c.fd, ngx_collab_redis_log);
+        if (c == NULL) {
+            return NGX_ERROR;
+        }
+
+        c->data = link;
+        c->read->handler = ngx_collab_redis_handler;
+        c->write->handler = ngx_collab_redis_handler;
+        c->read->log = ngx_collab_redis_log;
+        c->write->log = ngx_collab_redis_log;
+        c->read->cancelable = 1;
+        c->write->cancelable = 1;
+
+        link->c = c;
+    }
+
+    ev = write ? c->write : c->read;
+
+    if (on && !ev->active) {
+        return ngx_add_event(ev, write ? NGX_WRITE_EVENT : NGX_READ_EVENT,
+                             NGX_LEVEL_EVENT);
+    }
+
+    if (!on && ev->active) {
+        return ngx_del_event(ev, write ? NGX_WRITE_EVENT : NGX_READ_EVENT, 0);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_collab_redis_add_read(void *data)
+{
+    (void) ngx_collab_redis_event(data, 0, 1);
+}
+
+
+static void
+ngx_collab_redis_del_read(void *data)
+{
+    (void) ngx_collab_redis_event(data, 0, 0);
+}
+
+
+static void
+ngx_collab_redis_add_write(void *data)
+{
+    (void) ngx_collab_redis_event(data, 1, 1);
+}
+
+
+static void
+ngx_collab_redis_del_write(void *data)
+{
+    (void) ngx_collab_redis_event(data, 1, 0);
+}
+
+
+/* hiredis closes its socket right after: give the connection back */
+
+static void
+ngx_collab_redis_cleanup(void *data)
+{
+    ngx_connection_t         *c;
+    ngx_collab_redis_link_t  *link;
+
+    link = data;
+    c = link->c;
+
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    ngx_free_connection(c);
+
+    c->fd = (ngx_socket_t) -1;
+    link->c = NULL;
+}
+
+
+/* pub/sub */
+
+
+void
+ngx_collab_redis_subscribe(ngx_collab_room_t *room)
+{
+    size_t                    len;
+    u_char                    chan[NGX_INT64_LEN + 256];
+    ngx_collab_redis_link_t  *link;
+
+    link = &ngx_collab_redis_sub;
+
+    if (ngx_collab_redis_cf == NULL || !link->connected) {
+        return;                 /* done again on (re)connect */
+    }
+
+    len = ngx_collab_redis_channel(chan, room->id);
+
+    (void) redisAsyncCommand(link->ac, ngx_collab_redis_message, NULL,
+                             "SUBSCRIBE %b", chan, len);
+}
+
+
+void
+ngx_collab_redis_unsubscribe(ngx_collab_room_t *room)
+{
+    size_t                    len;
+    u_char                    chan[NGX_INT64_LEN + 256];
+    ngx_collab_redis_link_t  *link;
+
+    link = &ngx_collab_redis_sub;
+
+    if (ngx_collab_redis_cf == NULL || !link->connected) {
+        return;
+    }
+
+    len = ngx_collab_redis_channel(chan, room->id);
+
+    (void) redisAsyncCommand(link->ac, NULL, NULL, "UNSUBSCRIBE %b",
+                             chan, len);
+}
+
+
+/* publishes an event frame's JSON, "<seq> <origin>\n<json>" */
+
+void
+ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq, u_char *data,
+    size_t len)
+{
+    u_char                   *p, *payload;
+    size_t                    n, clen;
+    u_char                    chan[NGX_INT64_LEN + 256];
+    u_char                    head[2 * NGX_INT64_LEN + 4];
+    ngx_collab_redis_link_t  *link;
+
+    link = &ngx_collab_redis_pub;
+
+    if (ngx_collab_redis_cf == NULL || !link->connected) {
+        return;
+    }
+
+    if (link->inflight >= NGX_COLLAB_REDIS_INFLIGHT_MAX) {
+        ngx_log_error(NGX_LOG_WARN, ngx_collab_redis_log, 0,
+                      "collab: redis publisher: %ui publishes unanswered, "
+                      "dropping (receivers read it from PostgreSQL)",
+                      link->inflight);
+        return;
+    }
+
+    clen = ngx_collab_redis_channel(chan, room->id);
+
+    p = ngx_sprintf(head, "%L %uxL\n", seq, ngx_collab_redis_origin);
+    n = p - head;
+
+    payload = ngx_alloc(n + len, ngx_collab_redis_log);
+    if (payload == NULL) {
+        return;
+    }
+
+    ngx_memcpy(ngx_cpymem(payload, head, n), data, len);
+
+    if (redisAsyncCommand(link->ac, ngx_collab_redis_published, NULL,
+                          "PUBLISH %b %b", chan, clen, payload, n + len)
+        == REDIS_OK)
+    {
+        link->inflight++;
+    }
+
+    ngx_free(payload);
+}
+
+
+static void
+ngx_collab_redis_published(redisAsyncContext *ac, void *r, void *data)
+{
+    ngx_collab_redis_link_t  *link;
+
+    link = ac->data;
+
+    if (link && link->inflight) {
+        link->inflight--;
+    }
+}
+
+
+static void
+ngx_collab_redis_message(redisAsyncContext *ac, void *r, void *data)
+{
+    u_char               *p, *last, *nl;
+    int64_t               id, seq;
+    uint64_t              origin;
+    redisReply           *reply, *chan, *payload;
+    ngx_collab_room_t    *room;
+    ngx_collab_ws_msg_t  *msg;
+
+    reply = r;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 3
+        || reply->element[0]->type != REDIS_REPLY_STRING
+        || ngx_strcmp(reply->element[0]->str, "message") != 0)
+    {
+        return;                 /* (un)subscribe confirmations */
+    }
+
+    chan = reply->element[1];
+    payload = reply->element[2];
+
+    if (chan->type != REDIS_REPLY_STRING
+        || payload->type != REDIS_REPLY_STRING
+        || (size_t) chan->len <= ngx_collab_redis_cf->prefix.len + 2)
+    {
+        return;
+    }
+
+    p = (u_char *) chan->str + ngx_collab_redis_cf->prefix.len + 2;
+    id = ngx_atoof(p, (u_char *) chan->str + chan->len - p);
+
+    room = (id > 0) ? ngx_collab_room_lookup(id) : NULL;
+
+    if (room == NULL) {
+        return;
+    }
+
+    p = (u_char *) payload->str;
+    last = p + payload->len;
+
+    nl = ngx_strlchr(p, last, '\n');
+    if (nl == NULL) {
+        goto invalid;
+    }
+
+    last = ngx_strlchr(p, nl, ' ');
+    if (last == NULL) {
+        goto invalid;
+    }
+
+    seq = ngx_atoof(p, last - p);
+    origin = (uint64_t) ngx_hextoi(last + 1, nl - last - 1);
+
+    if (seq <= 0) {
+        goto invalid;
+    }
+
+    if (origin == ngx_collab_redis_origin) {
+        return;                 /* ours, delivered here already */
+    }
+
+    p = nl + 1;
+
+    msg = ngx_collab_ws_msg_create(NGX_COLLAB_WS_OP_TEXT, p,
+                                   (u_char *) payload->str + payload->len - p,
+                                   ngx_collab_redis_log);
+    if (msg == NULL) {
+        return;
+    }
+
+    ngx_collab_room_publish(room, seq, msg);
+    ngx_collab_ws_msg_release(msg);
+
+    return;
+
+invalid:
+
+    ngx_log_error(NGX_LOG_WARN, ngx_collab_redis_log, 0,
+                  "collab: redis: malformed event on %*s", chan->len,
+                  chan->str);
+}
+
+
+static size_t
+ngx_collab_redis_channel(u_char *buf, int64_t id)
+{
+    u_char  *p;
+
+    p = ngx_cpymem(buf, ngx_collab_redis_cf->prefix.data,
+                   ngx_min(ngx_collab_redis_cf->prefix.len, 200));
+    p = ngx_sprintf(p, "s:%L", id);
+
+    return p - buf;
+}
