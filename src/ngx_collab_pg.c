@@ -15,7 +15,11 @@
  *
  * Once connected, a connection runs "SET statement_timeout" and reads the
  * schema version (a database behind this module is refused with a log
- * line naming sql/migrate), then enters pipeline mode.  Queries wait in
+ * line naming sql/migrate), then enters pipeline mode.  Every statement
+ * runs prepared: the first time a connection runs one, its Prepare goes
+ * into the pipeline just before the Execute, so PostgreSQL parses and
+ * plans each statement once per connection, not once per query (the
+ * batched append is a 2 kB statement).  Queries wait in
  * one FIFO per worker, bounded by the queue= parameter, and are handed to
  * the connection with the fewest queries in flight, up to pipeline= per
  * connection; each is followed by its own sync point, so each commits or
@@ -45,6 +49,7 @@
 #define NGX_COLLAB_PG_BACKOFF_MIN   100
 #define NGX_COLLAB_PG_BACKOFF_MAX   10000
 #define NGX_COLLAB_PG_GRACE         1000    /* beyond statement_timeout */
+#define NGX_COLLAB_PG_STATEMENTS    32      /* distinct statements, at most */
 
 
 typedef enum {
@@ -64,8 +69,9 @@ typedef struct {
     PGresult                   *result;       /* the head query's so far */
     ngx_uint_t                  failures;
     ngx_uint_t                  index;
+    ngx_uint_t                  nulls;        /* the head query's so far */
+    uint32_t                    prepared;     /* statements, by bit */
     ngx_collab_pg_state_e       state;
-    unsigned                    head_done:1;
     unsigned                    broken:1;
 } ngx_collab_pg_conn_t;
 
@@ -93,12 +99,18 @@ static ngx_int_t ngx_collab_pg_flush(ngx_collab_pg_conn_t *pc);
 static ngx_int_t ngx_collab_pg_want(ngx_collab_pg_conn_t *pc,
     ngx_uint_t read, ngx_uint_t write);
 static void ngx_collab_pg_dispatch(void);
+static ngx_int_t ngx_collab_pg_run(ngx_collab_pg_conn_t *pc,
+    ngx_collab_pg_query_t *q);
 static void ngx_collab_pg_complete(ngx_collab_pg_query_t *q, PGresult *res);
 static void ngx_collab_pg_fail(ngx_collab_pg_conn_t *pc, const char *what);
 static void ngx_collab_pg_notice(void *arg, const char *message);
 
 
 static ngx_collab_pg_pool_t  ngx_collab_pg;
+
+/* the statements this worker has seen, by the address of their text */
+static const char           *ngx_collab_pg_statements[NGX_COLLAB_PG_STATEMENTS];
+static ngx_uint_t            ngx_collab_pg_nstatements;
 
 
 char *
@@ -275,6 +287,7 @@ ngx_collab_pg_query_t *
 ngx_collab_pg_query_create(const char *sql, ngx_uint_t nparams, size_t size)
 {
     size_t                  len;
+    ngx_uint_t              i;
     ngx_collab_pg_query_t  *q;
 
     len = sizeof(ngx_collab_pg_query_t)
@@ -290,6 +303,22 @@ ngx_collab_pg_query_create(const char *sql, ngx_uint_t nparams, size_t size)
 
     q->sql = sql;
     q->nparams = nparams;
+    q->stmt = NGX_COLLAB_PG_STATEMENTS;
+
+    for (i = 0; i < ngx_collab_pg_nstatements; i++) {
+        if (ngx_collab_pg_statements[i] == sql) {
+            q->stmt = i;
+            break;
+        }
+    }
+
+    if (i == ngx_collab_pg_nstatements
+        && ngx_collab_pg_nstatements < NGX_COLLAB_PG_STATEMENTS)
+    {
+        ngx_collab_pg_statements[i] = sql;
+        ngx_collab_pg_nstatements++;
+        q->stmt = i;
+    }
     q->values = (char **) (q + 1);
     q->lengths = (int *) (q->values + nparams);
     q->last = (u_char *) (q->lengths + nparams);
@@ -459,9 +488,7 @@ ngx_collab_pg_dispatch(void)
             continue;
         }
 
-        if (!PQsendQueryParams(pc->conn, q->sql, (int) q->nparams, NULL,
-                               (const char * const *) q->values,
-                               q->lengths, NULL, 0)
+        if (ngx_collab_pg_run(pc, q) != NGX_OK
             || !PQpipelineSync(pc->conn))
         {
             /* failed from the connection's own handler, not from here */
@@ -487,6 +514,67 @@ ngx_collab_pg_dispatch(void)
             ngx_post_event(pc->c->read, &ngx_posted_events);
         }
     }
+}
+
+
+/* the query's Execute, after its Prepare if this connection lacks it */
+
+static ngx_int_t
+ngx_collab_pg_run(ngx_collab_pg_conn_t *pc, ngx_collab_pg_query_t *q)
+{
+    u_char  name[16], *p;
+
+    if (q->stmt == NGX_COLLAB_PG_STATEMENTS) {
+        return PQsendQueryParams(pc->conn, q->sql, (int) q->nparams, NULL,
+                                 (const char * const *) q->values,
+                                 q->lengths, NULL, 0)
+               ? NGX_OK : NGX_ERROR;
+    }
+
+    p = ngx_sprintf(name, "collab_%ui", q->stmt);
+    *p = '\0';
+
+    q->preparing = 0;
+
+    if (!(pc->prepared & (1U << q->stmt))) {
+
+        if (!PQsendPrepare(pc->conn, (char *) name, q->sql, (int) q->nparams,
+                           NULL))
+        {
+            return NGX_ERROR;
+        }
+
+        pc->prepared |= 1U << q->stmt;
+        q->preparing = 1;
+    }
+
+    return PQsendQueryPrepared(pc->conn, (char *) name, (int) q->nparams,
+                               (const char * const *) q->values, q->lengths,
+                               NULL, 0)
+           ? NGX_OK : NGX_ERROR;
+}
+
+
+/* any connection up with nothing to do: a query sent now runs at once */
+
+ngx_uint_t
+ngx_collab_pg_idle(void)
+{
+    ngx_uint_t  i;
+
+    if (ngx_collab_pg.conf == NULL || ngx_collab_pg.nwaiting) {
+        return 0;
+    }
+
+    for (i = 0; i < ngx_collab_pg.conf->pool; i++) {
+        if (ngx_collab_pg.conns[i].state == NGX_COLLAB_PG_READY
+            && ngx_collab_pg.conns[i].nrunning == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -733,7 +821,7 @@ ngx_collab_pg_poll(ngx_collab_pg_conn_t *pc)
 {
     u_char                *p;
     PostgresPollingStatusType  rc;
-    u_char                 sql[128];
+    u_char                 sql[256];
 
     rc = PQconnectPoll(pc->conn);
 
@@ -781,6 +869,7 @@ ngx_collab_pg_poll(ngx_collab_pg_conn_t *pc)
 
     p = ngx_snprintf(sql, sizeof(sql) - 1,
                      "SET statement_timeout = %M; "
+                     "SET plan_cache_mode = force_generic_plan; "
                      "SELECT max(version) FROM collab_schema_migrations",
                      ngx_collab_pg.conf->timeout);
     *p = '\0';
@@ -915,16 +1004,30 @@ ngx_collab_pg_results(ngx_collab_pg_conn_t *pc)
             continue;
         }
 
+        qq = ngx_queue_head(&pc->running);
+        q = ngx_queue_data(qq, ngx_collab_pg_query_t, queue);
+
         if (res == NULL) {
-            if (pc->head_done) {
+
+            /* one NULL after each statement: the Prepare's, the Execute's */
+
+            if (pc->nulls++ > q->preparing) {
                 break;
             }
 
-            pc->head_done = 1;
             continue;
         }
 
         if (PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+
+            /* the Prepare's own result: if it failed, it is not there */
+
+            if (q->preparing && pc->nulls == 0
+                && PQresultStatus(res) != PGRES_COMMAND_OK)
+            {
+                pc->prepared &= ~(1U << q->stmt);
+            }
+
             if (pc->result) {
                 PQclear(pc->result);
             }
@@ -935,15 +1038,13 @@ ngx_collab_pg_results(ngx_collab_pg_conn_t *pc)
 
         PQclear(res);
 
-        qq = ngx_queue_head(&pc->running);
         ngx_queue_remove(qq);
         pc->nrunning--;
-        pc->head_done = 0;
+        pc->nulls = 0;
 
         last = pc->result;
         pc->result = NULL;
 
-        q = ngx_queue_data(qq, ngx_collab_pg_query_t, queue);
 
         ngx_collab_pg_complete(q, last);
 
@@ -1045,7 +1146,8 @@ ngx_collab_pg_fail(ngx_collab_pg_conn_t *pc, const char *what)
 
     pc->state = NGX_COLLAB_PG_DOWN;
     pc->broken = 0;
-    pc->head_done = 0;
+    pc->nulls = 0;
+    pc->prepared = 0;
 
     if (pc->result) {
         PQclear(pc->result);

@@ -40,6 +40,8 @@ struct ngx_collab_pg_query_s {
     ngx_collab_pg_handler_pt    handler;       /* NULL: cancelled */
     void                       *data;
     ngx_msec_t                  queued;        /* ngx_current_msec */
+    ngx_uint_t                  stmt;          /* prepared statement */
+    unsigned                    preparing:1;   /* ... prepared with it */
     u_char                     *last;          /* parameter bytes */
     u_char                     *end;
 };
@@ -91,6 +93,7 @@ ngx_int_t ngx_collab_pg_send(ngx_collab_pg_query_t *q);
 #define ngx_collab_pg_cancel(q)  (q)->handler = NULL
 
 ngx_uint_t ngx_collab_pg_available(void);
+ngx_uint_t ngx_collab_pg_idle(void);
 
 
 #endif /* _NGX_COLLAB_PG_H_INCLUDED_ */

@@ -11,19 +11,20 @@
  * Sends wait in their room's queue.  A room has at most one batch in
  * PostgreSQL at a time, so its messages commit, are acknowledged and are
  * delivered in seq order; sends that arrive meanwhile make the next
- * batch.  A batch leaves when collab_batch_window has passed since the
- * first send waiting in the worker (0: at once), or as soon as
- * NGX_COLLAB_BATCH_MAX sends wait.  One batch is one append_batch
+ * batch.  A batch leaves at once while a pool connection is idle;
+ * otherwise when collab_batch_window has passed since the first send
+ * waiting in the worker (0: at once), or as soon as NGX_COLLAB_BATCH_MAX
+ * sends wait.  One batch is one append_batch
  * statement: a single UPDATE of the session row takes as many seqs as the
  * batch has new messages, and the pool pipelines the batches of different
  * rooms.
  *
  * A resent client_msg_id is answered with the original seq and stores
  * nothing.  When two copies race, one statement fails with a unique
- * violation and is sent once more, and then finds the other's row.  A
- * batch that cannot run (PostgreSQL down, timeout) answers UNAVAILABLE;
- * whether or not it committed, resending with the same client_msg_id is
- * safe.  A sender that disconnects before its ack still has its message
+ * violation and is sent again (a few times at most), and then finds the
+ * other's row.  A batch that cannot run (PostgreSQL down, timeout)
+ * answers UNAVAILABLE; whether or not it committed, resending with the
+ * same client_msg_id is safe.  A sender that disconnects before its ack still has its message
  * stored and delivered to the others.
  */
 
@@ -39,7 +40,8 @@
 #include "ngx_collab_send.h"
 
 
-#define NGX_COLLAB_BATCH_MAX  500
+#define NGX_COLLAB_BATCH_MAX      500
+#define NGX_COLLAB_BATCH_RETRIES  8
 
 
 typedef struct {
@@ -150,8 +152,14 @@ ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
         room->queued = 1;
     }
 
+    /*
+     * The window only holds sends while PostgreSQL is busy: with a pool
+     * connection idle, waiting would add latency and batch nothing.
+     */
+
     if (ngx_collab_send_window == 0
-        || ngx_collab_send_waiting >= NGX_COLLAB_BATCH_MAX)
+        || ngx_collab_send_waiting >= NGX_COLLAB_BATCH_MAX
+        || ngx_collab_pg_idle())
     {
         ngx_collab_send_flush();
 
@@ -394,11 +402,15 @@ ngx_collab_send_done(ngx_collab_pg_query_t *q, PGresult *res)
     batch = q->data;
 
     if (ngx_collab_store_is(res, "23505", "chat_messages_client_msg_id_key")
-        && !batch->retried)
+        && batch->retried < NGX_COLLAB_BATCH_RETRIES)
     {
-        /* a copy of one of these sends committed meanwhile: find it */
+        /*
+         * A copy of one of these sends committed meanwhile (the unique
+         * check waited for it): send again to find it.  Another copy may
+         * race in the next attempt, hence a few tries.
+         */
 
-        batch->retried = 1;
+        batch->retried++;
 
         if (ngx_collab_send_query(batch) == NGX_OK) {
             return;
