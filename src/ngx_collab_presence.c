@@ -54,6 +54,7 @@
 
 #define NGX_COLLAB_PRESENCE_SLOTS    4
 #define NGX_COLLAB_PRESENCE_WORKERS  64
+#define NGX_COLLAB_PRESENCE_HOSTS    16
 #define NGX_COLLAB_PRESENCE_SWEEP    64
 #define NGX_COLLAB_PRESENCE_NAME     64      /* bytes of display name kept */
 
@@ -63,6 +64,14 @@ typedef struct {
     ngx_msec_t                      heartbeat;
 } ngx_collab_presence_worker_t;
 
+
+typedef struct {
+    uint64_t                        id;
+    ngx_msec_t                      heartbeat;
+} ngx_collab_presence_host_t;
+
+
+/* pid > 0: a worker of this nginx; pid < 0: -(1 + row) of a remote host */
 
 typedef struct {
     ngx_pid_t                       pid;
@@ -111,6 +120,8 @@ typedef struct {
     ngx_queue_t                     lru;
     ngx_queue_t                     bucket_lru;
     ngx_collab_presence_worker_t    workers[NGX_COLLAB_PRESENCE_WORKERS];
+    ngx_collab_presence_host_t      hosts[NGX_COLLAB_PRESENCE_HOSTS];
+    uint64_t                        instance;      /* this nginx's id */
 } ngx_collab_presence_shctx_t;
 
 
@@ -134,10 +145,17 @@ static void ngx_collab_presence_changed_locked(
     ngx_collab_presence_node_t *e);
 static ngx_uint_t ngx_collab_presence_state_locked(
     ngx_collab_presence_node_t *e, ngx_msec_t now, ngx_uint_t *conns);
+static ngx_uint_t ngx_collab_presence_local_locked(
+    ngx_collab_presence_node_t *e, ngx_msec_t now);
+static void ngx_collab_presence_gone_locked(ngx_collab_presence_node_t *e,
+    ngx_uint_t visible, ngx_msec_t now);
+static ngx_collab_presence_node_t *ngx_collab_presence_entry_locked(
+    ngx_collab_presence_who_t *who, ngx_msec_t now);
 static ngx_uint_t ngx_collab_presence_live_locked(ngx_pid_t pid,
     ngx_msec_t now);
 static ngx_collab_presence_slot_t *ngx_collab_presence_slot_locked(
-    ngx_collab_presence_node_t *e, ngx_uint_t create, ngx_msec_t now);
+    ngx_collab_presence_node_t *e, ngx_pid_t pid, ngx_uint_t create,
+    ngx_msec_t now);
 static void ngx_collab_presence_delete_locked(ngx_collab_presence_node_t *e);
 static ngx_uint_t ngx_collab_presence_sweep_locked(ngx_msec_t now,
     ngx_uint_t max);
@@ -328,6 +346,15 @@ ngx_collab_presence_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_queue_init(&ctx->sh->lru);
     ngx_queue_init(&ctx->sh->bucket_lru);
 
+    /* this nginx's name among hosts sharing a Redis; 0 means none */
+
+    while (ctx->sh->instance == 0) {
+        ctx->sh->instance = (((uint64_t) ngx_random() << 31)
+                             ^ (uint64_t) ngx_random()
+                             ^ ((uint64_t) ngx_pid << 48))
+                            & 0x0fffffffffffffffULL;
+    }
+
     len = sizeof(" in collab_zone \"\"") + shm_zone->shm.name.len;
 
     ctx->shpool->log_ctx = ngx_slab_alloc(ctx->shpool, len);
@@ -504,80 +531,29 @@ ngx_int_t
 ngx_collab_presence_connect(ngx_collab_presence_who_t *who,
     ngx_uint_t status)
 {
-    size_t                          size, name;
-    ngx_uint_t                      swept;
-    ngx_msec_t                      now;
-    ngx_collab_presence_ctx_t      *ctx;
-    ngx_collab_presence_node_t     *e;
-    ngx_collab_presence_slot_t     *slot;
-    ngx_collab_presence_session_t  *s;
+    ngx_msec_t                   now;
+    ngx_collab_presence_ctx_t   *ctx;
+    ngx_collab_presence_node_t  *e;
+    ngx_collab_presence_slot_t  *slot;
 
     ctx = ngx_collab_presence_ctx;
     now = ngx_current_msec;
-    swept = 0;
-
-    /* a shortened name is cut before a UTF-8 continuation byte, not in it */
-
-    name = ngx_min(who->name.len, NGX_COLLAB_PRESENCE_NAME);
-
-    while (name < who->name.len && name
-           && (who->name.data[name] & 0xc0) == 0x80)
-    {
-        name--;
-    }
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    e = ngx_collab_presence_lookup_locked(who->session, who->user);
+    e = ngx_collab_presence_entry_locked(who, now);
 
     if (e == NULL) {
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
 
-        size = offsetof(ngx_collab_presence_node_t, data)
-               + who->ext.len + name;
-
-        for ( ;; ) {
-            s = ngx_collab_presence_session_locked(who->session, 1);
-
-            e = s ? ngx_slab_calloc_locked(ctx->shpool, size) : NULL;
-
-            if (e) {
-                break;
-            }
-
-            if (swept
-                || ngx_collab_presence_sweep_locked(now,
-                                            NGX_COLLAB_PRESENCE_SWEEP) == 0)
-            {
-                if (s && s->entries == 0) {
-                    ngx_rbtree_delete(&ctx->sh->sessions, &s->node);
-                    ngx_slab_free_locked(ctx->shpool, s);
-                }
-
-                ngx_shmtx_unlock(&ctx->shpool->mutex);
-
-                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                              "collab: presence zone \"%V\" is full, raise "
-                              "the size of \"collab_zone\"",
-                              &ngx_collab_presence_conf->shm_zone->shm.name);
-                return NGX_DECLINED;
-            }
-
-            swept = 1;
-        }
-
-        e->node.key = (ngx_rbtree_key_t) who->session;
-        e->user = who->user;
-        e->ext_len = (uint16_t) who->ext.len;
-        e->name_len = (uint8_t) name;
-        ngx_memcpy(e->data, who->ext.data, who->ext.len);
-        ngx_memcpy(e->data + who->ext.len, who->name.data, name);
-
-        ngx_rbtree_insert(&ctx->sh->entries, &e->node);
-        ngx_queue_insert_head(&ctx->sh->lru, &e->queue);
-        s->entries++;
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "collab: presence zone \"%V\" is full, raise "
+                      "the size of \"collab_zone\"",
+                      &ngx_collab_presence_conf->shm_zone->shm.name);
+        return NGX_DECLINED;
     }
 
-    slot = ngx_collab_presence_slot_locked(e, 1, now);
+    slot = ngx_collab_presence_slot_locked(e, ngx_pid, 1, now);
 
     if (slot == NULL) {
         ngx_shmtx_unlock(&ctx->shpool->mutex);
@@ -627,7 +603,7 @@ ngx_collab_presence_disconnect(int64_t session, int64_t user,
     if (e) {
         visible = ngx_collab_presence_state_locked(e, now, &conns);
 
-        slot = ngx_collab_presence_slot_locked(e, 0, now);
+        slot = ngx_collab_presence_slot_locked(e, ngx_pid, 0, now);
 
         if (slot) {
             if (status == NGX_COLLAB_AWAY && slot->away) {
@@ -642,21 +618,7 @@ ngx_collab_presence_disconnect(int64_t session, int64_t user,
             }
         }
 
-        (void) ngx_collab_presence_state_locked(e, now, &conns);
-
-        if (conns == 0) {
-
-            /* the status shown until the grace period ends */
-
-            if (visible != NGX_COLLAB_OFFLINE) {
-                e->status = (uint8_t) visible;
-            }
-
-            e->gone_at = now ? now : 1;
-            e->typing_until = 0;
-            e->last_seen = ngx_collab_presence_wall();
-        }
-
+        ngx_collab_presence_gone_locked(e, visible, now);
         ngx_collab_presence_changed_locked(e);
     }
 
@@ -683,7 +645,8 @@ ngx_collab_presence_status(int64_t session, int64_t user, ngx_uint_t from,
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
     e = ngx_collab_presence_lookup_locked(session, user);
-    slot = e ? ngx_collab_presence_slot_locked(e, 0, ngx_current_msec)
+    slot = e ? ngx_collab_presence_slot_locked(e, ngx_pid, 0,
+                                              ngx_current_msec)
              : NULL;
 
     if (slot) {
@@ -705,10 +668,10 @@ ngx_collab_presence_status(int64_t session, int64_t user, ngx_uint_t from,
 }
 
 
-void
+ngx_uint_t
 ngx_collab_presence_typing(int64_t session, int64_t user, ngx_uint_t on)
 {
-    ngx_uint_t                   was;
+    ngx_uint_t                   was, changed;
     ngx_msec_t                   now, until;
     ngx_collab_presence_ctx_t   *ctx;
     ngx_collab_presence_node_t  *e;
@@ -716,11 +679,12 @@ ngx_collab_presence_typing(int64_t session, int64_t user, ngx_uint_t on)
     ctx = ngx_collab_presence_ctx;
 
     if (ctx == NULL) {
-        return;
+        return 0;
     }
 
     now = ngx_current_msec;
     until = on ? now + ngx_collab_presence_conf->typing_timeout : 0;
+    changed = 0;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
@@ -736,10 +700,13 @@ ngx_collab_presence_typing(int64_t session, int64_t user, ngx_uint_t on)
 
         if ((on != 0) != was) {
             ngx_collab_presence_changed_locked(e);
+            changed = 1;
         }
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    return changed;
 }
 
 
@@ -773,12 +740,13 @@ ngx_collab_presence_version(int64_t session)
 /*
  * Copies the session's users out of the zone, in user order, with their
  * status as of now.  Offline users are left out.  The strings live in
- * the same allocation as the items.
+ * the same allocation as the items.  local: as this nginx's own
+ * connections alone have them (to tell other hosts).
  */
 
 ngx_int_t
 ngx_collab_presence_snapshot(int64_t session,
-    ngx_collab_presence_snapshot_t *snap, ngx_log_t *log)
+    ngx_collab_presence_snapshot_t *snap, ngx_uint_t local, ngx_log_t *log)
 {
     u_char                         *p;
     size_t                          size;
@@ -836,7 +804,13 @@ ngx_collab_presence_snapshot(int64_t session,
     {
         e = (ngx_collab_presence_node_t *) node;
 
-        status = ngx_collab_presence_state_locked(e, now, &conns);
+        if (local) {
+            status = ngx_collab_presence_local_locked(e, now);
+            conns = 1;
+
+        } else {
+            status = ngx_collab_presence_state_locked(e, now, &conns);
+        }
 
         if (status == NGX_COLLAB_OFFLINE) {
             continue;
@@ -1015,11 +989,16 @@ ngx_collab_presence_limit(int64_t user, ngx_uint_t kind)
         b->last = now;
 
         ngx_rbtree_insert(&ctx->sh->buckets, &b->node);
+        ngx_queue_insert_head(&ctx->sh->bucket_lru, &b->queue);
 
-    } else {
-        ngx_queue_remove(&b->queue);
+        /* a user's first request passes, as with limit_req */
+
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+        return 0;
     }
 
+    ngx_queue_remove(&b->queue);
     ngx_queue_insert_head(&ctx->sh->bucket_lru, &b->queue);
 
     ms = (ngx_msec_int_t) (now - b->last);
@@ -1047,6 +1026,198 @@ ngx_collab_presence_limit(int64_t user, ngx_uint_t kind)
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
     return 0;
+}
+
+
+/* hosts: other nginx instances, as heard through Redis */
+
+
+uint64_t
+ngx_collab_presence_instance(void)
+{
+    return ngx_collab_presence_ctx ? ngx_collab_presence_ctx->sh->instance
+                                   : 0;
+}
+
+
+/* the row of a remote host, refreshed; -1 when the table is full */
+
+static ngx_int_t
+ngx_collab_presence_host_locked(uint64_t id, ngx_msec_t now)
+{
+    ngx_int_t                    i, free;
+    ngx_collab_presence_host_t  *h;
+
+    h = ngx_collab_presence_ctx->sh->hosts;
+    free = -1;
+
+    for (i = 0; i < NGX_COLLAB_PRESENCE_HOSTS; i++) {
+
+        if (h[i].id == id) {
+            h[i].heartbeat = now;
+            return i;
+        }
+
+        if (free == -1
+            && (h[i].id == 0
+                || (ngx_msec_int_t) (now - h[i].heartbeat)
+                   >= (ngx_msec_int_t)
+                      ngx_collab_presence_conf->presence_timeout))
+        {
+            free = i;
+        }
+    }
+
+    if (free >= 0) {
+        h[free].id = id;
+        h[free].heartbeat = now;
+    }
+
+    return free;
+}
+
+
+/* a remote host says it is alive */
+
+void
+ngx_collab_presence_heard(uint64_t host)
+{
+    ngx_collab_presence_ctx_t  *ctx;
+
+    ctx = ngx_collab_presence_ctx;
+
+    if (ctx == NULL || host == ctx->sh->instance) {
+        return;
+    }
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+    (void) ngx_collab_presence_host_locked(host, ngx_current_msec);
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/*
+ * A remote host tells the status its own connections give who, and how
+ * long the user's typing indicator has left.  It becomes that host's
+ * slot of the entry; the host's silence (no heartbeat for
+ * collab_presence_timeout) ends it.
+ */
+
+void
+ngx_collab_presence_remote(uint64_t host, ngx_collab_presence_who_t *who,
+    ngx_uint_t status, ngx_msec_t typing)
+{
+    ngx_int_t                    row;
+    ngx_uint_t                   visible, conns, was;
+    ngx_msec_t                   now;
+    ngx_collab_presence_ctx_t   *ctx;
+    ngx_collab_presence_node_t  *e;
+    ngx_collab_presence_slot_t  *slot;
+
+    ctx = ngx_collab_presence_ctx;
+
+    if (ctx == NULL || host == ctx->sh->instance) {
+        return;
+    }
+
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    row = ngx_collab_presence_host_locked(host, now);
+
+    e = (row >= 0) ? (status == NGX_COLLAB_OFFLINE
+                      ? ngx_collab_presence_lookup_locked(who->session,
+                                                          who->user)
+                      : ngx_collab_presence_entry_locked(who, now))
+                   : NULL;
+
+    if (e == NULL) {
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
+        return;
+    }
+
+    visible = ngx_collab_presence_state_locked(e, now, &conns);
+    was = e->typing_until && (ngx_msec_int_t) (e->typing_until - now) > 0;
+
+    slot = ngx_collab_presence_slot_locked(e, -(ngx_pid_t) (row + 1),
+                                           status != NGX_COLLAB_OFFLINE,
+                                           now);
+    if (slot) {
+        slot->online = (status == NGX_COLLAB_ONLINE);
+        slot->away = (status == NGX_COLLAB_AWAY);
+
+        if (status == NGX_COLLAB_OFFLINE) {
+            slot->pid = 0;
+        }
+    }
+
+    if (status == NGX_COLLAB_OFFLINE) {
+        ngx_collab_presence_gone_locked(e, visible, now);
+
+    } else {
+        e->gone_at = 0;
+        e->last_seen = ngx_collab_presence_wall();
+        e->typing_until = typing ? now + typing : 0;
+    }
+
+    if (visible != ngx_collab_presence_state_locked(e, now, &conns)
+        || was != (e->typing_until != 0))
+    {
+        ngx_collab_presence_changed_locked(e);
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/*
+ * What this nginx's own connections say of a user: to tell other hosts.
+ * The strings are copied into buf (at least 256 + 64 bytes).  Returns
+ * NGX_DECLINED when the zone has no such entry.
+ */
+
+ngx_int_t
+ngx_collab_presence_local(int64_t session, int64_t user,
+    ngx_collab_presence_item_t *item, u_char *buf)
+{
+    ngx_msec_t                   now;
+    ngx_collab_presence_ctx_t   *ctx;
+    ngx_collab_presence_node_t  *e;
+
+    ctx = ngx_collab_presence_ctx;
+
+    if (ctx == NULL) {
+        return NGX_DECLINED;
+    }
+
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    e = ngx_collab_presence_lookup_locked(session, user);
+
+    if (e == NULL) {
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    item->user = user;
+    item->status = ngx_collab_presence_local_locked(e, now);
+    item->typing = (item->status != NGX_COLLAB_OFFLINE && e->typing_until
+                    && (ngx_msec_int_t) (e->typing_until - now) > 0)
+                   ? e->typing_until - now : 0;
+    item->last_seen = e->last_seen;
+
+    item->ext.data = buf;
+    item->ext.len = e->ext_len;
+    item->name.data = ngx_cpymem(buf, e->data, e->ext_len);
+    item->name.len = e->name_len;
+    ngx_memcpy(item->name.data, e->data + e->ext_len, e->name_len);
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    return NGX_OK;
 }
 
 
@@ -1269,7 +1440,23 @@ static ngx_uint_t
 ngx_collab_presence_live_locked(ngx_pid_t pid, ngx_msec_t now)
 {
     ngx_uint_t                     i;
+    ngx_collab_presence_host_t    *h;
     ngx_collab_presence_worker_t  *w;
+
+    if (pid < 0) {
+        i = (ngx_uint_t) (-pid - 1);
+
+        if (i >= NGX_COLLAB_PRESENCE_HOSTS) {
+            return 0;
+        }
+
+        h = &ngx_collab_presence_ctx->sh->hosts[i];
+
+        return h->id
+               && (ngx_msec_int_t) (now - h->heartbeat)
+                  < (ngx_msec_int_t)
+                    ngx_collab_presence_conf->presence_timeout;
+    }
 
     w = ngx_collab_presence_ctx->sh->workers;
 
@@ -1288,7 +1475,7 @@ ngx_collab_presence_live_locked(ngx_pid_t pid, ngx_msec_t now)
 /* this worker's slot of the entry; create: take a free or dead one */
 
 static ngx_collab_presence_slot_t *
-ngx_collab_presence_slot_locked(ngx_collab_presence_node_t *e,
+ngx_collab_presence_slot_locked(ngx_collab_presence_node_t *e, ngx_pid_t pid,
     ngx_uint_t create, ngx_msec_t now)
 {
     ngx_uint_t                   i;
@@ -1298,7 +1485,7 @@ ngx_collab_presence_slot_locked(ngx_collab_presence_node_t *e,
 
     for (i = 0; i < NGX_COLLAB_PRESENCE_SLOTS; i++) {
 
-        if (e->slots[i].pid == ngx_pid) {
+        if (e->slots[i].pid == pid) {
             return &e->slots[i];
         }
 
@@ -1314,7 +1501,7 @@ ngx_collab_presence_slot_locked(ngx_collab_presence_node_t *e,
         return NULL;
     }
 
-    free->pid = ngx_pid;
+    free->pid = pid;
     free->online = 0;
     free->away = 0;
 
@@ -1344,6 +1531,130 @@ ngx_collab_presence_delete_locked(ngx_collab_presence_node_t *e)
     ngx_queue_remove(&e->queue);
     ngx_rbtree_delete(&ctx->sh->entries, &e->node);
     ngx_slab_free_locked(ctx->shpool, e);
+}
+
+
+/* finds or creates the entry of who; NULL: the zone is full */
+
+static ngx_collab_presence_node_t *
+ngx_collab_presence_entry_locked(ngx_collab_presence_who_t *who,
+    ngx_msec_t now)
+{
+    size_t                          size, name;
+    ngx_uint_t                      swept;
+    ngx_collab_presence_ctx_t      *ctx;
+    ngx_collab_presence_node_t     *e;
+    ngx_collab_presence_session_t  *s;
+
+    e = ngx_collab_presence_lookup_locked(who->session, who->user);
+
+    if (e) {
+        return e;
+    }
+
+    ctx = ngx_collab_presence_ctx;
+
+    /* a shortened name is cut before a UTF-8 continuation byte, not in it */
+
+    name = ngx_min(who->name.len, NGX_COLLAB_PRESENCE_NAME);
+
+    while (name < who->name.len && name
+           && (who->name.data[name] & 0xc0) == 0x80)
+    {
+        name--;
+    }
+
+    size = offsetof(ngx_collab_presence_node_t, data) + who->ext.len + name;
+
+    for (swept = 0; /* void */; swept++) {
+        s = ngx_collab_presence_session_locked(who->session, 1);
+
+        e = s ? ngx_slab_calloc_locked(ctx->shpool, size) : NULL;
+
+        if (e) {
+            break;
+        }
+
+        if (swept
+            || ngx_collab_presence_sweep_locked(now,
+                                                NGX_COLLAB_PRESENCE_SWEEP)
+               == 0)
+        {
+            if (s && s->entries == 0) {
+                ngx_rbtree_delete(&ctx->sh->sessions, &s->node);
+                ngx_slab_free_locked(ctx->shpool, s);
+            }
+
+            return NULL;
+        }
+    }
+
+    e->node.key = (ngx_rbtree_key_t) who->session;
+    e->user = who->user;
+    e->ext_len = (uint16_t) who->ext.len;
+    e->name_len = (uint8_t) name;
+    ngx_memcpy(e->data, who->ext.data, who->ext.len);
+    ngx_memcpy(e->data + who->ext.len, who->name.data, name);
+
+    ngx_rbtree_insert(&ctx->sh->entries, &e->node);
+    ngx_queue_insert_head(&ctx->sh->lru, &e->queue);
+    s->entries++;
+
+    return e;
+}
+
+
+/* after a connection went: the grace period starts if it was the last */
+
+static void
+ngx_collab_presence_gone_locked(ngx_collab_presence_node_t *e,
+    ngx_uint_t visible, ngx_msec_t now)
+{
+    ngx_uint_t  conns;
+
+    (void) ngx_collab_presence_state_locked(e, now, &conns);
+
+    if (conns) {
+        return;
+    }
+
+    /* the status shown until the grace period ends */
+
+    if (visible != NGX_COLLAB_OFFLINE) {
+        e->status = (uint8_t) visible;
+    }
+
+    e->gone_at = now ? now : 1;
+    e->typing_until = 0;
+    e->last_seen = ngx_collab_presence_wall();
+}
+
+
+/* the status this nginx alone gives the user: its own connections */
+
+static ngx_uint_t
+ngx_collab_presence_local_locked(ngx_collab_presence_node_t *e,
+    ngx_msec_t now)
+{
+    ngx_uint_t  i, online, away;
+
+    online = 0;
+    away = 0;
+
+    for (i = 0; i < NGX_COLLAB_PRESENCE_SLOTS; i++) {
+
+        if (e->slots[i].pid <= 0
+            || !ngx_collab_presence_live_locked(e->slots[i].pid, now))
+        {
+            continue;
+        }
+
+        online += e->slots[i].online;
+        away += e->slots[i].away;
+    }
+
+    return online ? NGX_COLLAB_ONLINE
+                  : (away ? NGX_COLLAB_AWAY : NGX_COLLAB_OFFLINE);
 }
 
 

@@ -83,14 +83,22 @@ void ngx_collab_presence_disconnect(int64_t session, int64_t user,
     ngx_uint_t status);
 void ngx_collab_presence_status(int64_t session, int64_t user,
     ngx_uint_t from, ngx_uint_t to);
-void ngx_collab_presence_typing(int64_t session, int64_t user,
+ngx_uint_t ngx_collab_presence_typing(int64_t session, int64_t user,
     ngx_uint_t on);
 uint64_t ngx_collab_presence_version(int64_t session);
 ngx_int_t ngx_collab_presence_snapshot(int64_t session,
-    ngx_collab_presence_snapshot_t *snap, ngx_log_t *log);
+    ngx_collab_presence_snapshot_t *snap, ngx_uint_t local, ngx_log_t *log);
 void ngx_collab_presence_snapshot_free(ngx_collab_presence_snapshot_t *snap);
 ngx_uint_t ngx_collab_presence_active(int64_t session);
 ngx_msec_t ngx_collab_presence_limit(int64_t user, ngx_uint_t kind);
+
+/* other hosts (through Redis) */
+uint64_t ngx_collab_presence_instance(void);
+void ngx_collab_presence_heard(uint64_t host);
+void ngx_collab_presence_remote(uint64_t host, ngx_collab_presence_who_t *who,
+    ngx_uint_t status, ngx_msec_t typing);
+ngx_int_t ngx_collab_presence_local(int64_t session, int64_t user,
+    ngx_collab_presence_item_t *item, u_char *buf);
 
 /* the cached wall clock in milliseconds since the epoch */
 

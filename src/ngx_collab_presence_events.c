@@ -103,7 +103,7 @@ ngx_collab_presence_room(ngx_collab_room_t *room)
         return;
     }
 
-    if (ngx_collab_presence_snapshot(room->id, &snap, ngx_cycle->log)
+    if (ngx_collab_presence_snapshot(room->id, &snap, 0, ngx_cycle->log)
         != NGX_OK)
     {
         return;

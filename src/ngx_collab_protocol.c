@@ -39,6 +39,7 @@
 #include "ngx_collab_room.h"
 #include "ngx_collab_send.h"
 #include "ngx_collab_presence.h"
+#include "ngx_collab_redis.h"
 #include "ngx_collab_protocol.h"
 
 
@@ -914,6 +915,8 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
 
         m->present = 1;
         m->status = NGX_COLLAB_ONLINE;
+
+        ngx_collab_redis_presence(room, conn->user_id);
     }
 
     /*
@@ -1049,7 +1052,7 @@ ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
 
     presence = NULL;
 
-    if (ngx_collab_presence_snapshot(m->room->id, &snap,
+    if (ngx_collab_presence_snapshot(m->room->id, &snap, 0,
                                      conn->ws->connection->log)
         == NGX_OK)
     {
@@ -1181,7 +1184,9 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
 
     /* a message sent ends its author's typing */
 
-    ngx_collab_presence_typing(m->room->id, conn->user_id, 0);
+    if (ngx_collab_presence_typing(m->room->id, conn->user_id, 0)) {
+        ngx_collab_redis_presence(m->room, conn->user_id);
+    }
 
     b.data = (u_char *) json_string_value(body);
     b.len = json_string_length(body);
@@ -1374,6 +1379,8 @@ ngx_collab_op_presence(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_collab_presence_status(m->room->id, conn->user_id, m->status,
                                status);
     m->status = status;
+
+    ngx_collab_redis_presence(m->room, conn->user_id);
 }
 
 
@@ -1416,7 +1423,11 @@ ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    ngx_collab_presence_typing(m->room->id, conn->user_id, json_is_true(on));
+    if (ngx_collab_presence_typing(m->room->id, conn->user_id,
+                                   json_is_true(on)))
+    {
+        ngx_collab_redis_presence(m->room, conn->user_id);
+    }
 }
 
 

@@ -24,6 +24,15 @@
  * ignores what it published itself, and leaves the ordering to the room
  * (ngx_collab_room_publish()): by seq, with gaps healed from PostgreSQL.
  *
+ * Presence crosses hosts the same way.  Each nginx has an id (kept in
+ * its collab_zone); when its own connections change a user's status in
+ * a session, a worker publishes "P ..." with that host-local status on
+ * the session's channel, and other hosts keep it in their zone as that
+ * host's slot of the user.  Every worker publishes "H <id>" on
+ * "<prefix>hosts" every second; a host not heard of for
+ * collab_presence_timeout loses its users.  A worker that subscribes to a
+ * session asks "S <id>" and the other hosts answer with their users.
+ *
  * Faults.  A lost context is reconnected with exponential backoff and
  * jitter; meanwhile publishing is skipped and same-worker delivery goes
  * on.  When the subscriber comes back it subscribes again to every room
@@ -45,6 +54,7 @@
 
 #include "ngx_collab.h"
 #include "ngx_collab_room.h"
+#include "ngx_collab_presence.h"
 #include "ngx_collab_redis.h"
 
 
@@ -85,6 +95,14 @@ static void ngx_collab_redis_message(redisAsyncContext *ac, void *r,
 static void ngx_collab_redis_published(redisAsyncContext *ac, void *r,
     void *data);
 static size_t ngx_collab_redis_channel(u_char *buf, int64_t id);
+static void ngx_collab_redis_send(u_char *chan, size_t clen, u_char *data,
+    size_t len);
+static void ngx_collab_redis_sync(ngx_collab_room_t *room, uint64_t host);
+static ngx_int_t ngx_collab_redis_presence_in(ngx_collab_room_t *room,
+    u_char *p, u_char *last);
+static void ngx_collab_redis_beat(ngx_event_t *ev);
+static void ngx_collab_redis_hosts(redisAsyncContext *ac, void *r,
+    void *data);
 static ssize_t ngx_collab_redis_read_file(ngx_str_t *name, u_char *buf,
     size_t size, ngx_log_t *log);
 
@@ -92,6 +110,7 @@ static ssize_t ngx_collab_redis_read_file(ngx_str_t *name, u_char *buf,
 static ngx_collab_redis_conf_t  *ngx_collab_redis_cf;
 static ngx_collab_redis_link_t   ngx_collab_redis_sub;
 static ngx_collab_redis_link_t   ngx_collab_redis_pub;
+static ngx_event_t               ngx_collab_redis_beat_ev;
 static ngx_log_t                *ngx_collab_redis_log;
 static uint64_t                  ngx_collab_redis_origin;
 
@@ -289,6 +308,13 @@ ngx_collab_redis_init_process(ngx_cycle_t *cycle,
     ngx_collab_redis_connect(&ngx_collab_redis_sub.timer);
     ngx_collab_redis_connect(&ngx_collab_redis_pub.timer);
 
+    if (ngx_collab_presence_instance()) {
+        ngx_collab_redis_beat_ev.handler = ngx_collab_redis_beat;
+        ngx_collab_redis_beat_ev.log = cycle->log;
+        ngx_collab_redis_beat_ev.cancelable = 1;
+        ngx_add_timer(&ngx_collab_redis_beat_ev, 1000);
+    }
+
     return NGX_OK;
 }
 
@@ -301,6 +327,10 @@ ngx_collab_redis_exit_process(ngx_cycle_t *cycle)
 
     if (ngx_collab_redis_cf == NULL) {
         return;
+    }
+
+    if (ngx_collab_redis_beat_ev.timer_set) {
+        ngx_del_timer(&ngx_collab_redis_beat_ev);
     }
 
     links[0] = &ngx_collab_redis_sub;
@@ -463,6 +493,13 @@ ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
 
     if (!link->subscriber) {
         return;
+    }
+
+    if (ngx_collab_presence_instance()) {
+        (void) redisAsyncCommand(link->ac, ngx_collab_redis_hosts, NULL,
+                                 "SUBSCRIBE %bhosts",
+                                 ngx_collab_redis_cf->prefix.data,
+                                 ngx_collab_redis_cf->prefix.len);
     }
 
     /* what may have been published meanwhile is read from PostgreSQL */
@@ -652,6 +689,8 @@ ngx_collab_redis_subscribe(ngx_collab_room_t *room)
 
     (void) redisAsyncCommand(link->ac, ngx_collab_redis_message, NULL,
                              "SUBSCRIBE %b", chan, len);
+
+    ngx_collab_redis_sync(room, 0);
 }
 
 
@@ -713,14 +752,148 @@ ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq, u_char *data,
 
     ngx_memcpy(ngx_cpymem(payload, head, n), data, len);
 
+    ngx_collab_redis_send(chan, clen, payload, n + len);
+
+    ngx_free(payload);
+}
+
+
+static void
+ngx_collab_redis_send(u_char *chan, size_t clen, u_char *data, size_t len)
+{
+    ngx_collab_redis_link_t  *link;
+
+    link = &ngx_collab_redis_pub;
+
+    if (ngx_collab_redis_cf == NULL || !link->connected
+        || link->inflight >= NGX_COLLAB_REDIS_INFLIGHT_MAX)
+    {
+        return;
+    }
+
     if (redisAsyncCommand(link->ac, ngx_collab_redis_published, NULL,
-                          "PUBLISH %b %b", chan, clen, payload, n + len)
+                          "PUBLISH %b %b", chan, clen, data, len)
         == REDIS_OK)
     {
         link->inflight++;
     }
+}
 
-    ngx_free(payload);
+
+/*
+ * Tells other hosts what this nginx's own connections say of the user in
+ * the room's session: "P <host> <user> <status> <typing ms> <ext len>\n"
+ * followed by the user's id and name.
+ */
+
+void
+ngx_collab_redis_presence(ngx_collab_room_t *room, int64_t user)
+{
+    u_char                      *p;
+    size_t                       clen;
+    u_char                       chan[NGX_INT64_LEN + 256];
+    u_char                       buf[512], payload[1024];
+    ngx_collab_presence_item_t   item;
+
+    if (ngx_collab_redis_cf == NULL || !ngx_collab_redis_pub.connected
+        || ngx_collab_presence_local(room->id, user, &item, buf) != NGX_OK)
+    {
+        return;
+    }
+
+    p = ngx_sprintf(payload, "P %uxL %L %ui %ui %uz\n",
+                    ngx_collab_presence_instance(), user, item.status,
+                    item.typing, item.ext.len);
+    p = ngx_cpymem(p, item.ext.data, item.ext.len);
+    p = ngx_cpymem(p, item.name.data, item.name.len);
+
+    clen = ngx_collab_redis_channel(chan, room->id);
+
+    ngx_collab_redis_send(chan, clen, payload, p - payload);
+}
+
+
+/*
+ * host 0: asks the other hosts for their users in the session; else
+ * answers that host with ours
+ */
+
+static void
+ngx_collab_redis_sync(ngx_collab_room_t *room, uint64_t host)
+{
+    u_char                          *p;
+    size_t                           clen;
+    ngx_uint_t                       i;
+    u_char                           chan[NGX_INT64_LEN + 256];
+    u_char                           payload[NGX_INT64_LEN + 4];
+    ngx_collab_presence_snapshot_t   snap;
+
+    if (ngx_collab_presence_instance() == 0) {
+        return;
+    }
+
+    if (host == 0) {
+        clen = ngx_collab_redis_channel(chan, room->id);
+        p = ngx_sprintf(payload, "S %uxL", ngx_collab_presence_instance());
+        ngx_collab_redis_send(chan, clen, payload, p - payload);
+        return;
+    }
+
+    if (ngx_collab_presence_snapshot(room->id, &snap, 1, ngx_collab_redis_log)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    for (i = 0; i < snap.n; i++) {
+        ngx_collab_redis_presence(room, snap.items[i].user);
+    }
+
+    ngx_collab_presence_snapshot_free(&snap);
+}
+
+
+static void
+ngx_collab_redis_beat(ngx_event_t *ev)
+{
+    u_char  *p;
+    size_t   clen;
+    u_char   chan[256 + 8], payload[NGX_INT64_LEN + 4];
+
+    p = ngx_cpymem(chan, ngx_collab_redis_cf->prefix.data,
+                   ngx_min(ngx_collab_redis_cf->prefix.len, 200));
+    p = ngx_cpymem(p, "hosts", 5);
+    clen = p - chan;
+
+    p = ngx_sprintf(payload, "H %uxL", ngx_collab_presence_instance());
+
+    ngx_collab_redis_send(chan, clen, payload, p - payload);
+
+    ngx_add_timer(ev, 1000);
+}
+
+
+static void
+ngx_collab_redis_hosts(redisAsyncContext *ac, void *r, void *data)
+{
+    redisReply  *reply, *payload;
+
+    reply = r;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 3
+        || reply->element[2]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    payload = reply->element[2];
+
+    if (payload->len > 2 && payload->str[0] == 'H') {
+        ngx_collab_presence_heard((uint64_t) ngx_hextoi(
+                                      (u_char *) payload->str + 2,
+                                      payload->len - 2));
+    }
 }
 
 
@@ -779,6 +952,14 @@ ngx_collab_redis_message(redisAsyncContext *ac, void *r, void *data)
     p = (u_char *) payload->str;
     last = p + payload->len;
 
+    if (payload->len > 2 && (p[0] == 'P' || p[0] == 'S')) {
+        if (ngx_collab_redis_presence_in(room, p, last) != NGX_OK) {
+            goto invalid;
+        }
+
+        return;
+    }
+
     nl = ngx_strlchr(p, last, '\n');
     if (nl == NULL) {
         goto invalid;
@@ -832,4 +1013,86 @@ ngx_collab_redis_channel(u_char *buf, int64_t id)
     p = ngx_sprintf(p, "s:%L", id);
 
     return p - buf;
+}
+
+
+/* "P ..." or "S <host>" from another host, on a session's channel */
+
+static ngx_int_t
+ngx_collab_redis_presence_in(ngx_collab_room_t *room, u_char *p,
+    u_char *last)
+{
+    u_char                     *f[5], *nl, *q;
+    size_t                      ext;
+    uint64_t                    host;
+    ngx_int_t                   status, typing;
+    ngx_uint_t                  i;
+    ngx_collab_presence_who_t   who;
+
+    nl = ngx_strlchr(p, last, '\n');
+
+    if (nl == NULL) {
+        nl = last;
+    }
+
+    /* the fields after the letter, space separated */
+
+    q = p + 2;
+
+    for (i = 0; i < 5 && q < nl; i++) {
+        f[i] = q;
+        q = ngx_strlchr(q, nl, ' ');
+
+        if (q == NULL) {
+            q = nl;
+        }
+
+        q++;
+    }
+
+    if (i == 0) {
+        return NGX_ERROR;
+    }
+
+    host = (uint64_t) ngx_hextoi(f[0], (i > 1 ? f[1] - 1 : nl) - f[0]);
+
+    if ((ngx_int_t) host <= 0) {
+        return NGX_ERROR;
+    }
+
+    if (host == ngx_collab_presence_instance()) {
+        return NGX_OK;          /* ours */
+    }
+
+    ngx_collab_presence_heard(host);
+
+    if (p[0] == 'S') {
+        ngx_collab_redis_sync(room, host);
+        return NGX_OK;
+    }
+
+    if (i != 5 || nl == last) {
+        return NGX_ERROR;
+    }
+
+    who.session = room->id;
+    who.user = ngx_atoof(f[1], f[2] - 1 - f[1]);
+    status = ngx_atoi(f[2], f[3] - 1 - f[2]);
+    typing = ngx_atoi(f[3], f[4] - 1 - f[3]);
+    ext = (size_t) ngx_atoof(f[4], nl - f[4]);
+
+    if (who.user <= 0 || status < 0 || status > NGX_COLLAB_AWAY
+        || typing < 0 || ext == 0 || ext > (size_t) (last - nl - 1))
+    {
+        return NGX_ERROR;
+    }
+
+    who.ext.data = nl + 1;
+    who.ext.len = ext;
+    who.name.data = nl + 1 + ext;
+    who.name.len = last - who.name.data;
+
+    ngx_collab_presence_remote(host, &who, status, typing);
+
+    return NGX_OK;
 }

@@ -33,6 +33,7 @@ void ngx_collab_redis_subscribe(ngx_collab_room_t *room);
 void ngx_collab_redis_unsubscribe(ngx_collab_room_t *room);
 void ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq,
     u_char *data, size_t len);
+void ngx_collab_redis_presence(ngx_collab_room_t *room, int64_t user);
 
 
 #endif /* _NGX_COLLAB_REDIS_H_INCLUDED_ */

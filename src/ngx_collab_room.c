@@ -206,6 +206,7 @@ ngx_collab_member_remove(ngx_collab_member_t *m)
 
     if (m->present) {
         ngx_collab_presence_disconnect(room->id, m->user_id, m->status);
+        ngx_collab_redis_presence(room, m->user_id);
     }
 
     ngx_queue_remove(&m->room_link);
