@@ -24,8 +24,8 @@
  * violation and is sent again (a few times at most), and then finds the
  * other's row.  A batch that cannot run (PostgreSQL down, timeout)
  * answers UNAVAILABLE; whether or not it committed, resending with the
- * same client_msg_id is safe.  A sender that disconnects before its ack still has its message
- * stored and delivered to the others.
+ * same client_msg_id is safe.  A sender that disconnects before its ack
+ * still has its message stored and delivered to the others.
  */
 
 
