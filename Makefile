@@ -21,7 +21,15 @@ SHELL := /bin/bash
 DEB_PACKAGES := nginx nginx-dev libpq-dev libjansson-dev libhiredis-dev \
     libcurl4-openssl-dev libssl-dev libpcre2-dev zlib1g-dev postgresql \
     redis-server libmojolicious-perl libdbd-pg-perl libcmocka-dev clang \
-    libclang-rt-14-dev valgrind wrk docker-compose pkg-config make gcc
+    libclang-rt-14-dev valgrind wrk docker-compose pkg-config make gcc \
+    chromium
+
+# The client (client/) and the browser tests need Node.js and npm: Debian's,
+# unless a Node.js that brings its own npm is installed already (NodeSource's
+# nodejs package includes npm and conflicts with Debian's npm package).
+ifeq ($(shell command -v npm 2>/dev/null),)
+DEB_PACKAGES += nodejs npm
+endif
 
 NGINX_SRC ?= /usr/share/nginx/src
 NGINX ?= /usr/sbin/nginx
@@ -66,12 +74,12 @@ AS_PG :=
 endif
 
 .PHONY: all deps build run start-pg start-redis start-nginx stop migrate \
-    test unit-test test-san test-valgrind fuzz bench clean distclean
+    client test unit-test test-san test-valgrind fuzz bench clean distclean
 
 all: build
 
 # recipes are scripts: show what they say, not their text
-.SILENT: deps run start-pg start-redis start-nginx stop migrate test \
+.SILENT: deps run start-pg start-redis start-nginx stop migrate test client \
     unit-test test-san test-valgrind fuzz bench \
     $(BUILD_DIR)/nginx/configure $(BUILD_DIR)/nginx/objs/Makefile $(MODULE_SO)
 
@@ -264,8 +272,24 @@ test: deps build
 	rc=0
 	$(MAKE) --no-print-directory unit-test || rc=1
 	$(MAKE) --no-print-directory fuzz || rc=1
+	$(MAKE) --no-print-directory client || rc=1
 	PERL5LIB=$(CURDIR)/t/lib prove -r t/ || rc=1
 	exit $$rc
+
+# the TypeScript client: npm ci (again only when package-lock.json changed),
+# tsc, its unit tests (node:test); the demo page's conf/www/collab-client.js
+# is the built dist/index.js (committed, so that make run needs no Node.js)
+client: deps
+	cd client
+	if [ ! -f node_modules/.package-lock.json ] \
+	        || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+	    npm ci --no-audit --no-fund
+	fi
+	npm run --silent build
+	cmp -s dist/index.js ../conf/www/collab-client.js \
+	    || { cp dist/index.js ../conf/www/collab-client.js;
+	         echo "client: updated conf/www/collab-client.js"; }
+	npm test --silent
 
 unit-test:
 	if [ -f t/unit/Makefile ]; then

@@ -1,0 +1,298 @@
+// The demo page in a real browser (Debian's chromium through
+// playwright-core), driven by t/070-browser.t, which starts PostgreSQL and
+// nginx and reads this script's stdout line by line:
+//
+//   ok <name> / not ok <name>    one test each
+//   diag <text>                  shown by the .t file
+//   cmd stop-nginx | cmd start-nginx
+//                                the .t file does it, then writes "done\n"
+//                                to our stdin
+//   screenshot <path>
+//   end                          everything ran
+//
+// Usage: node chat.mjs <base url> <output dir>
+
+import { createInterface } from 'node:readline';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const [baseUrl, outDir] = process.argv.slice(2);
+if (!baseUrl || !outDir) {
+    console.error('usage: chat.mjs <base url> <output dir>');
+    process.exit(2);
+}
+
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const out = (line) => process.stdout.write(line.replace(/\n/g, ' ') + '\n');
+let failed = 0;
+
+function ok(cond, name, detail) {
+    out(`${cond ? 'ok' : 'not ok'} ${name}`);
+    if (!cond) {
+        failed++;
+        if (detail) {
+            out(`diag ${detail}`);
+        }
+    }
+    return cond;
+}
+
+// the .t file answers each command with one line on stdin
+const stdin = createInterface({ input: process.stdin });
+const answers = [];
+let waiting = null;
+stdin.on('line', (l) => {
+    if (waiting) {
+        const w = waiting;
+        waiting = null;
+        w(l);
+    } else {
+        answers.push(l);
+    }
+});
+
+function command(cmd) {
+    out(`cmd ${cmd}`);
+    return new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`${cmd}: no answer`)),
+                             60000);
+        const done = (l) => {
+            clearTimeout(t);
+            l === 'done' ? resolve() : reject(new Error(`${cmd}: ${l}`));
+        };
+        if (answers.length) {
+            done(answers.shift());
+        } else {
+            waiting = done;
+        }
+    });
+}
+
+// waits for fn() (run in the page) to return a truthy value
+async function until(page, what, fn, arg, timeout = 15000) {
+    try {
+        await page.waitForFunction(fn, arg, { timeout, polling: 100 });
+        return true;
+    } catch (e) {
+        out(`diag timed out waiting for: ${what}`);
+        return false;
+    }
+}
+
+// the bodies of the messages on a page, with their state
+const bodies = (page) => page.$$eval('#messages li', (lis) => lis.map((li) =>
+    ({ body: li.querySelector('.body')?.textContent,
+       state: li.className.split(' ')[0], seq: li.dataset.seq })));
+
+async function main() {
+    let playwright;
+    try {
+        playwright = await import('playwright-core');
+    } catch (e) {
+        ok(false, 'playwright-core is installed (make client)', String(e));
+        return;
+    }
+
+    const args = [
+        '--disable-background-networking', '--disable-component-update',
+        '--disable-sync', '--no-first-run', '--disable-gpu', '--disable-quic',
+    ];
+    if (process.getuid && process.getuid() === 0) {
+        args.push('--no-sandbox');
+    }
+
+    // launch() runs chromium with a fresh temporary profile of its own
+    // (the user data dir); TMPDIR points it at ours, removed at the end
+    const tmp = mkdtempSync(join(tmpdir(), 'collab-chromium-'));
+    process.env.TMPDIR = tmp;
+
+    let browser;
+    try {
+        browser = await playwright.chromium.launch({
+            executablePath: CHROMIUM, headless: true, args, timeout: 30000,
+        });
+    } catch (e) {
+        ok(false, `chromium starts (${CHROMIUM})`, String(e).slice(0, 500));
+        rmSync(tmp, { recursive: true, force: true });
+        return;
+    }
+    ok(true, `chromium ${browser.version()} starts`);
+
+    try {
+        await scenario(browser);
+    } finally {
+        await browser.close().catch(() => {});
+        rmSync(tmp, { recursive: true, force: true });
+    }
+}
+
+async function scenario(browser) {
+    const ctxA = await browser.newContext({ viewport: { width: 1100,
+                                                        height: 720 } });
+    const ctxB = await browser.newContext({ viewport: { width: 1100,
+                                                        height: 720 } });
+    const a = await ctxA.newPage();
+    const b = await ctxB.newPage();
+    for (const [p, who] of [[a, 'A'], [b, 'B']]) {
+        p.on('pageerror', (e) => out(`diag page ${who} error: ${e.message}`));
+        p.on('console', (m) => {
+            if (m.type() === 'error') {
+                out(`diag page ${who} console: ${m.text()}`);
+            }
+        });
+    }
+
+    // --- Ann signs in and creates a public session ---
+    await a.goto(baseUrl);
+    await a.fill('#signin-name', 'Ann');
+    await a.click('#signin button');
+    await a.waitForSelector('#create-title', { state: 'visible' });
+    await a.fill('#create-title', 'Launch plan');
+    await a.click('#create-form button');
+    ok(await until(a, 'the room shows the title',
+                   () => document.getElementById('room-title')
+                         .textContent === 'Launch plan'),
+       'Ann creates a public session and is in it');
+    const link = await a.inputValue('#share-link');
+    ok(/#s=[A-Za-z0-9_-]+$/.test(link), `a share link: ${link}`);
+    ok(await until(a, 'the session in Ann\'s list',
+                   () => [...document.querySelectorAll('#sessions button')]
+                         .some((x) => x.textContent.startsWith('Launch plan'))),
+       'the session is in Ann\'s list');
+
+    // --- Bob opens the link, signs in, and is in the same session ---
+    await b.goto(link);
+    await b.fill('#signin-name', 'Bob');
+    await b.click('#signin button');
+    ok(await until(b, 'Bob sees the title',
+                   () => document.getElementById('room-title')
+                         .textContent === 'Launch plan'),
+       'Bob opens the shared link and joins');
+
+    const presence = (user, status) =>
+        `#presence li[data-user="${user}"][data-status="${status}"]`;
+    ok(await until(a, 'Bob online on Ann\'s page',
+                   (sel) => !!document.querySelector(sel),
+                   presence('bob', 'online')),
+       'Ann sees Bob online');
+    ok(await until(b, 'Ann online on Bob\'s page',
+                   (sel) => !!document.querySelector(sel),
+                   presence('ann', 'online')),
+       'Bob sees Ann online');
+
+    // --- messages both ways ---
+    await b.fill('#compose-text', 'Hello from Bob');
+    await b.press('#compose-text', 'Enter');
+    ok(await until(a, 'Bob\'s message on Ann\'s page',
+                   () => [...document.querySelectorAll('#messages li')]
+                         .some((li) => li.querySelector('.body')
+                               ?.textContent === 'Hello from Bob'
+                               && li.querySelector('.who')
+                               ?.textContent === 'Bob')),
+       'Bob\'s message appears on Ann\'s page, with his name');
+    await a.fill('#compose-text', 'Hi Bob, Ann here');
+    await a.press('#compose-text', 'Enter');
+    ok(await until(b, 'Ann\'s reply on Bob\'s page',
+                   () => [...document.querySelectorAll('#messages li')]
+                         .some((li) => li.querySelector('.body')
+                               ?.textContent === 'Hi Bob, Ann here')),
+       'Ann\'s message appears on Bob\'s page');
+
+    // --- typing: appears with the display name, then stops by itself ---
+    await a.type('#compose-text', 'I am typ', { delay: 40 });
+    ok(await until(b, 'typing indicator',
+                   () => document.getElementById('typing').textContent
+                         === 'Ann is typing…'),
+       'Bob sees "Ann is typing…"');
+    ok(await until(b, 'typing indicator gone',
+                   () => document.getElementById('typing').textContent
+                         === '', undefined, 20000),
+       'the indicator disappears when Ann stops typing');
+    await a.fill('#compose-text', '');
+
+    // --- nginx stops and starts: the pages reconnect by themselves and
+    //     what was sent meanwhile appears exactly once ---
+    await command('stop-nginx');
+    ok(await until(a, 'the reconnect banner',
+                   () => !document.getElementById('banner').hidden
+                         && /Reconnecting|Connecting/.test(
+                             document.getElementById('banner').textContent)),
+       'Ann\'s page shows the reconnect banner');
+    const offline = ['Sent while nginx was down (1)',
+                     'Sent while nginx was down (2)'];
+    for (const text of offline) {
+        await a.fill('#compose-text', text);
+        await a.press('#compose-text', 'Enter');
+    }
+    const queued = (await bodies(a)).filter((m) => offline.includes(m.body));
+    ok(queued.length === 2 && queued.every((m) => m.state === 'pending'),
+       'messages sent while offline are shown as pending',
+       JSON.stringify(queued));
+    await a.screenshot({ path: join(outDir, 'offline.png') });
+
+    await command('start-nginx');
+    ok(await until(a, 'Ann\'s page reconnected',
+                   () => document.getElementById('banner').hidden
+                         && window.collabClient.status === 'open',
+                   undefined, 45000),
+       'Ann\'s page reconnects by itself');
+    for (const [p, who] of [[a, 'Ann'], [b, 'Bob']]) {
+        ok(await until(p, `queued messages on ${who}'s page`,
+                       (texts) => texts.every((t) =>
+                           [...document.querySelectorAll('#messages li.sent')]
+                           .some((li) => li.querySelector('.body')
+                                 ?.textContent === t)),
+                       offline, 45000),
+           `the queued messages reach ${who}'s page`);
+    }
+    // settle, then count: once each, in seq order, nothing pending
+    await a.waitForTimeout(1500);
+    for (const [p, who] of [[a, 'Ann'], [b, 'Bob']]) {
+        const list = await bodies(p);
+        for (const t of offline) {
+            const n = list.filter((m) => m.body === t).length;
+            ok(n === 1, `"${t}" is on ${who}'s page exactly once (${n})`);
+        }
+        const s = list.map((m) => Number(m.seq));
+        ok(list.every((m) => m.state === 'sent')
+           && s.every((x, i) => i === 0 || x > s[i - 1]),
+           `${who}'s messages are all sent, in seq order`,
+           JSON.stringify(list));
+        ok(list.length === 4, `${who}'s page has the 4 messages`,
+           JSON.stringify(list));
+    }
+
+    // Bob types once more so that the screenshot shows the indicator
+    await b.type('#compose-text', 'Shi', { delay: 30 });
+    await until(a, 'typing indicator for the screenshot',
+                () => document.getElementById('typing').textContent !== '');
+    const shot = join(outDir, 'chat.png');
+    await a.screenshot({ path: shot });
+    out(`screenshot ${shot}`);
+
+    // --- Bob closes his page: Ann sees him offline after the grace ---
+    await ctxB.close();
+    ok(await until(a, 'Bob offline',
+                   (sel) => !!document.querySelector(sel),
+                   presence('bob', 'offline'), 20000),
+       'Ann sees Bob go offline after the grace period');
+    await a.screenshot({ path: join(outDir, 'bob-left.png') });
+    await ctxA.close();
+}
+
+mkdirSync(outDir, { recursive: true });
+const watchdog = setTimeout(() => {
+    ok(false, 'the browser test finished in time (120 s)');
+    process.exit(1);
+}, 120000);
+
+main().then(() => {
+    clearTimeout(watchdog);
+    out('end');
+    process.exit(failed ? 1 : 0);
+}, (e) => {
+    ok(false, 'the browser scenario ran to its end', String(e && e.stack || e));
+    process.exit(1);
+});

@@ -1,0 +1,313 @@
+// The ngx_collab demo: the plain SDK (collab-client.js, built from
+// client/src by `make client`), no framework.  One client, one session
+// shown at a time, the session id in the URL's fragment (#s=<id>) so the
+// address is the link to share.
+
+import { createCollabClient, formatTyping } from './collab-client.js';
+
+const $ = (id) => document.getElementById(id);
+
+// --- identity: demo only ----------------------------------------------------
+// conf/collab.conf says collab_user $arg_user; collab_user_name $arg_name;
+// so the name typed here becomes the identity.  A real site takes it from
+// its own authentication instead.
+
+function userIdFor(name) {
+    const id = name.trim().toLowerCase().normalize('NFKD')
+        .replace(/[^\w-]+/g, '-').replace(/^-+|-+$/g, '');
+    return id || 'user';
+}
+
+let me = null;
+try {
+    me = JSON.parse(localStorage.getItem('collab.me') || 'null');
+} catch {
+    me = null;
+}
+// ?as=<name> signs in directly (handy for trying two users in two windows)
+const as = new URLSearchParams(location.search).get('as');
+if (as) {
+    me = { id: userIdFor(as), name: as.trim() };
+}
+
+if (!me) {
+    $('signin').hidden = false;
+    $('signin').onsubmit = (ev) => {
+        ev.preventDefault();
+        const name = $('signin-name').value.trim();
+        if (!name) {
+            return;
+        }
+        localStorage.setItem('collab.me', JSON.stringify(
+            { id: userIdFor(name), name }));
+        location.reload();
+    };
+} else {
+    start(me);
+}
+
+function start(me) {
+    $('app').hidden = false;
+    $('me').hidden = false;
+    $('me').textContent = `Signed in as ${me.name}`;
+    $('signout').hidden = false;
+    $('signout').onclick = () => {
+        localStorage.removeItem('collab.me');
+        location.href = location.pathname + location.hash;
+    };
+
+    const wsUrl = (location.protocol === 'https:' ? 'wss://' : 'ws://')
+        + location.host + '/collab/ws?user=' + encodeURIComponent(me.id)
+        + '&name=' + encodeURIComponent(me.name);
+
+    const client = createCollabClient({ url: wsUrl });
+    client.setIdentity(me.id, me.name);
+    window.collabClient = client;           // for the console and tests
+
+    // --- connection banner ---------------------------------------------------
+
+    let bannerTimer = null;
+
+    function renderBanner() {
+        const c = client.connection;
+        const b = $('banner');
+        clearTimeout(bannerTimer);
+        if (c.status === 'open' || c.status === 'idle') {
+            b.hidden = true;
+            return;
+        }
+        b.hidden = false;
+        b.className = c.status === 'reconnecting' ? 'error' : '';
+        b.textContent = '';
+        if (c.status === 'connecting') {
+            b.textContent = c.attempt ? 'Reconnecting…' : 'Connecting…';
+        } else if (c.status === 'reconnecting') {
+            const s = Math.max(0, Math.ceil((c.retryAt - Date.now()) / 1000));
+            b.textContent = `Connection lost (code ${c.lastCloseCode}). `
+                + `Reconnecting in ${s} s… Messages you send now are queued. `;
+            const btn = document.createElement('button');
+            btn.textContent = 'Reconnect now';
+            btn.onclick = () => client.reconnectNow();
+            b.appendChild(btn);
+            bannerTimer = setTimeout(renderBanner, 500);
+        } else if (c.status === 'closed') {
+            b.textContent = 'Disconnected.';
+        }
+    }
+
+    client.onStatus((c) => {
+        renderBanner();
+        if (c.status === 'open') {
+            refreshSessions();
+        }
+    });
+    renderBanner();
+    window.addEventListener('online', () => client.reconnectNow());
+
+    // --- the session list ----------------------------------------------------
+
+    let currentId = null;
+
+    async function refreshSessions() {
+        let list;
+        try {
+            list = await client.listSessions();
+        } catch {
+            return;
+        }
+        const ul = $('sessions');
+        ul.textContent = '';
+        for (const s of list) {
+            const li = document.createElement('li');
+            const btn = document.createElement('button');
+            btn.textContent = s.title + ' ';
+            btn.dataset.id = s.id;
+            if (s.id === currentId) {
+                btn.className = 'current';
+            }
+            const n = document.createElement('span');
+            n.className = 'count';
+            n.textContent = s.activeUsers ? `(${s.activeUsers} here)` : '';
+            btn.appendChild(n);
+            btn.onclick = () => { location.hash = 's=' + s.id; };
+            li.appendChild(btn);
+            ul.appendChild(li);
+        }
+        if (list.length === 0) {
+            ul.innerHTML = '<li class="hint">None yet.</li>';
+        }
+    }
+
+    $('create-form').onsubmit = async (ev) => {
+        ev.preventDefault();
+        const title = $('create-title').value.trim();
+        if (!title) {
+            return;
+        }
+        try {
+            const s = await client.createSession({ title, isPublic: true });
+            $('create-title').value = '';
+            location.hash = 's=' + s.id;
+            refreshSessions();
+        } catch (e) {
+            alert('Could not create the session: ' + (e.message || e));
+        }
+    };
+
+    // --- the open session ----------------------------------------------------
+
+    let session = null;
+    let unsubscribe = null;
+    let renderedSeqKey = '';
+    let wasLive = false;
+
+    function openFromHash() {
+        const m = /^#s=([A-Za-z0-9_-]{1,64})$/.exec(location.hash);
+        const id = m ? m[1] : null;
+        if (id === currentId) {
+            return;
+        }
+        if (session) {
+            unsubscribe();
+            session.release();
+            session = null;
+        }
+        currentId = id;
+        $('room').hidden = !id;
+        $('empty').hidden = !!id;
+        for (const b of document.querySelectorAll('#sessions button')) {
+            b.classList.toggle('current', b.dataset.id === id);
+        }
+        if (!id) {
+            return;
+        }
+        $('share-link').value = location.origin + location.pathname
+            + '#s=' + id;
+        $('messages').textContent = '';
+        renderedSeqKey = '';
+        session = client.session(id).acquire();
+        unsubscribe = session.subscribe(render);
+        render();
+    }
+
+    window.addEventListener('hashchange', openFromHash);
+    openFromHash();
+
+    $('copy').onclick = async () => {
+        try {
+            await navigator.clipboard.writeText($('share-link').value);
+            $('copy').textContent = 'Copied';
+        } catch {
+            $('share-link').select();
+        }
+        setTimeout(() => { $('copy').textContent = 'Copy'; }, 1500);
+    };
+
+    $('compose-text').oninput = () => {
+        if (session) {
+            session.setTyping($('compose-text').value !== '');
+        }
+    };
+
+    $('compose').onsubmit = (ev) => {
+        ev.preventDefault();
+        const text = $('compose-text').value;
+        if (!session || text.trim() === '') {
+            return;
+        }
+        session.send(text);
+        $('compose-text').value = '';
+    };
+
+    function render() {
+        if (!session) {
+            return;
+        }
+        const st = session.getSnapshot();
+
+        $('room-title').textContent = st.info ? st.info.title
+            : st.status === 'error' ? 'Cannot open this session'
+            : 'Joining…';
+        if (st.status === 'error') {
+            $('room-title').textContent += ` (${st.error.code}: `
+                + `${st.error.message})`;
+        }
+        if (st.status === 'live' && !wasLive) {
+            refreshSessions();              // joining a link adds it
+        }
+        wasLive = st.status === 'live';
+
+        // presence
+        const pres = $('presence');
+        pres.textContent = '';
+        pres.classList.toggle('stale', st.status !== 'live');
+        const people = [...st.presence].sort((a, b) =>
+            (a.userName || a.user).localeCompare(b.userName || b.user));
+        for (const p of people) {
+            const li = document.createElement('li');
+            li.dataset.user = p.user;
+            li.dataset.status = p.status;
+            const dot = document.createElement('span');
+            dot.className = 'dot ' + p.status;
+            dot.title = p.status;
+            li.appendChild(dot);
+            li.appendChild(document.createTextNode(
+                (p.userName || p.user) + (p.user === me.id ? ' (you)' : '')
+                + (p.status !== 'online' ? ` – ${p.status}` : '')));
+            pres.appendChild(li);
+        }
+
+        // messages (rebuilt; the list is short in a demo)
+        const ul = $('messages');
+        const atBottom = ul.scrollHeight - ul.scrollTop - ul.clientHeight < 40;
+        ul.textContent = '';
+        if (st.hasOlder) {
+            const older = document.createElement('button');
+            older.id = 'older';
+            older.textContent = 'Load older messages';
+            older.onclick = () => session.loadOlder();
+            ul.appendChild(older);
+        }
+        for (const m of st.messages) {
+            const li = document.createElement('li');
+            li.className = m.state + (m.own ? ' own' : '');
+            if (m.seq !== null) {
+                li.dataset.seq = m.seq;
+            }
+            li.dataset.clientMsgId = m.clientMsgId || '';
+            const who = document.createElement('span');
+            who.className = 'who';
+            who.textContent = m.userName || m.user || m.kind;
+            const when = document.createElement('span');
+            when.className = 'when';
+            when.textContent = m.createdAt
+                ? new Date(m.createdAt).toLocaleTimeString() : '';
+            const body = document.createElement('div');
+            body.className = 'body';
+            body.textContent = m.body;
+            li.append(who, when);
+            if (m.state !== 'sent') {
+                const s = document.createElement('span');
+                s.className = 'state';
+                s.textContent = m.state === 'pending' ? 'sending…'
+                    : `not sent (${m.error})`;
+                if (m.state === 'failed') {
+                    const r = document.createElement('button');
+                    r.textContent = 'Retry';
+                    r.onclick = () => session.retry(m.clientMsgId);
+                    s.append(' ', r);
+                }
+                li.appendChild(s);
+            }
+            li.appendChild(body);
+            ul.appendChild(li);
+        }
+        const key = st.messages.length + ':' + st.lastSeq;
+        if (atBottom || key !== renderedSeqKey) {
+            ul.scrollTop = ul.scrollHeight;
+        }
+        renderedSeqKey = key;
+
+        $('typing').textContent = formatTyping(st.typingUsers);
+    }
+}
