@@ -193,6 +193,13 @@ static ngx_command_t  ngx_collab_commands[] = {
                presence.rates[NGX_COLLAB_RATE_MESSAGES]),
       NULL },
 
+    { ngx_string("collab_invite_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, invite_ttl),
+      NULL },
+
     { ngx_string("collab_user"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_set_complex_value_slot,
@@ -267,6 +274,7 @@ ngx_collab_create_main_conf(ngx_conf_t *cf)
 
     cmcf->batch_window = NGX_CONF_UNSET_MSEC;
     cmcf->join_history = NGX_CONF_UNSET_UINT;
+    cmcf->invite_ttl = NGX_CONF_UNSET_MSEC;
 
     cmcf->presence.presence_timeout = NGX_CONF_UNSET_MSEC;
     cmcf->presence.grace = NGX_CONF_UNSET_MSEC;
@@ -286,6 +294,13 @@ ngx_collab_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_msec_value(cmcf->batch_window, 2);
     ngx_conf_init_uint_value(cmcf->join_history, 50);
+    ngx_conf_init_msec_value(cmcf->invite_ttl, 7 * 24 * 3600 * 1000);
+
+    if (cmcf->invite_ttl < 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_invite_ttl\" must be at least 1s");
+        return NGX_CONF_ERROR;
+    }
 
     ngx_conf_init_msec_value(cmcf->presence.presence_timeout, 60000);
     ngx_conf_init_msec_value(cmcf->presence.grace, 5000);

@@ -29,6 +29,7 @@ typedef struct {
     ngx_msec_t                  batch_window;
     ngx_uint_t                  batch_size;
     ngx_uint_t                  join_history;
+    ngx_msec_t                  invite_ttl;
 } ngx_collab_main_conf_t;
 
 

@@ -41,6 +41,7 @@
 #include "ngx_collab_presence.h"
 #include "ngx_collab_redis.h"
 #include "ngx_collab_protocol.h"
+#include "ngx_collab_access.h"
 
 
 #define NGX_COLLAB_SINCE_PAGE     200
@@ -48,27 +49,6 @@
 #define NGX_COLLAB_SESSIONS_MAX   200
 
 
-typedef enum {
-    NGX_COLLAB_OP_RESOLVE = 0,
-    NGX_COLLAB_OP_CREATE,
-    NGX_COLLAB_OP_SESSIONS,
-    NGX_COLLAB_OP_JOIN,
-    NGX_COLLAB_OP_HISTORY
-} ngx_collab_op_e;
-
-
-typedef struct {
-    ngx_queue_t                 link;          /* conn->requests */
-    ngx_collab_conn_t          *conn;          /* NULL: went away */
-    json_t                     *ref;
-    ngx_collab_op_e             op;
-
-    /* join and history */
-    int64_t                     since;         /* -1: none */
-    ngx_uint_t                  limit;
-    ngx_collab_member_t        *member;
-    json_t                     *session;
-} ngx_collab_req_t;
 
 
 typedef void (*ngx_collab_op_pt)(ngx_collab_conn_t *conn, json_t *req,
@@ -127,20 +107,8 @@ static void ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req,
 static ngx_int_t ngx_collab_limited(ngx_collab_conn_t *conn, json_t *ref,
     ngx_uint_t kind);
 
-static ngx_collab_req_t *ngx_collab_req_create(ngx_collab_conn_t *conn,
-    ngx_collab_op_e op, json_t *ref);
-static void ngx_collab_req_free(ngx_collab_req_t *req);
-static ngx_int_t ngx_collab_req_send(ngx_collab_req_t *req,
-    ngx_collab_pg_query_t *q, ngx_collab_pg_handler_pt handler);
-static ngx_collab_req_t *ngx_collab_req_result(ngx_collab_pg_query_t *q,
-    PGresult *res);
 static json_t *ngx_collab_messages(PGresult *res, int first, int last,
     int64_t *max_seq);
-static ngx_int_t ngx_collab_slug(json_t *req, ngx_str_t *slug);
-static ngx_collab_member_t *ngx_collab_member_find(ngx_collab_conn_t *conn,
-    ngx_str_t *slug);
-static ngx_int_t ngx_collab_get_int(json_t *req, const char *name,
-    int64_t min, int64_t max, int64_t *value);
 
 
 const ngx_collab_ws_app_t  ngx_collab_protocol_app = {
@@ -150,6 +118,10 @@ const ngx_collab_ws_app_t  ngx_collab_protocol_app = {
     ngx_collab_protocol_message,
     ngx_collab_protocol_close
 };
+
+
+/* this worker's collab.v1 connections, for events addressed to a user */
+static ngx_queue_t  ngx_collab_conns;
 
 
 static ngx_collab_op_t  ngx_collab_ops[] = {
@@ -162,6 +134,14 @@ static ngx_collab_op_t  ngx_collab_ops[] = {
     { "history", ngx_collab_op_history, 1 },
     { "presence", ngx_collab_op_presence, 1 },
     { "typing", ngx_collab_op_typing, 1 },
+    { "invite", ngx_collab_op_invite, 1 },
+    { "invitations", ngx_collab_op_invitations, 1 },
+    { "accept", ngx_collab_op_accept, 1 },
+    { "decline", ngx_collab_op_decline, 1 },
+    { "revoke", ngx_collab_op_revoke, 1 },
+    { "remove", ngx_collab_op_remove, 1 },
+    { "update", ngx_collab_op_update, 1 },
+    { "delete", ngx_collab_op_delete, 1 },
     { NULL, NULL, 0 }
 };
 
@@ -243,9 +223,88 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
 static ngx_int_t
 ngx_collab_protocol_open(ngx_collab_ws_t *ws)
 {
-    ngx_collab_resolve(ws->data);
+    ngx_collab_conn_t  *conn;
+
+    conn = ws->data;
+
+    if (ngx_collab_conns.next == NULL) {
+        ngx_queue_init(&ngx_collab_conns);
+    }
+
+    ngx_queue_insert_tail(&ngx_collab_conns, &conn->link);
+
+    ngx_collab_resolve(conn);
 
     return NGX_OK;
+}
+
+
+/* an event for a user's connections in this worker */
+
+void
+ngx_collab_protocol_user_event(int64_t user, ngx_collab_ws_msg_t *msg)
+{
+    ngx_queue_t        *q;
+    ngx_collab_conn_t  *conn;
+
+    if (ngx_collab_conns.next == NULL) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&ngx_collab_conns);
+         q != ngx_queue_sentinel(&ngx_collab_conns);
+         q = ngx_queue_next(q))
+    {
+        conn = ngx_queue_data(q, ngx_collab_conn_t, link);
+
+        if (conn->user_id == user) {
+            (void) ngx_collab_ws_enqueue(conn->ws, msg);
+        }
+    }
+}
+
+
+/*
+ * The user's connections (user 0: all) leave the room, having been sent
+ * msg if given.  The room may be freed when its last member goes.
+ */
+
+void
+ngx_collab_protocol_kick(ngx_collab_room_t *room, int64_t user,
+    ngx_collab_ws_msg_t *msg)
+{
+    ngx_uint_t            last;
+    ngx_queue_t          *q, *next;
+    ngx_collab_member_t  *m;
+
+    for (q = ngx_queue_head(&room->members);
+         q != ngx_queue_sentinel(&room->members);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        m = ngx_queue_data(q, ngx_collab_member_t, room_link);
+
+        if (user && m->user_id != user) {
+            continue;
+        }
+
+        if (m->joining) {
+            m->removed = 1;     /* the join answers ACCESS_DENIED */
+            continue;
+        }
+
+        if (msg) {
+            (void) ngx_collab_ws_enqueue(m->ws, msg);
+        }
+
+        last = (room->nmembers == 1);
+
+        ngx_collab_member_remove(m);
+
+        if (last) {
+            return;
+        }
+    }
 }
 
 
@@ -257,6 +316,8 @@ ngx_collab_protocol_close(ngx_collab_ws_t *ws)
     ngx_collab_conn_t  *conn;
 
     conn = ws->data;
+
+    ngx_queue_remove(&conn->link);
 
     while (!ngx_queue_empty(&conn->requests)) {
         q = ngx_queue_head(&conn->requests);
@@ -400,7 +461,7 @@ ngx_collab_resolve(ngx_collab_conn_t *conn)
     ngx_collab_req_t       *req;
     ngx_collab_pg_query_t  *q;
 
-    req = ngx_collab_req_create(conn, NGX_COLLAB_OP_RESOLVE, NULL);
+    req = ngx_collab_req_create(conn, 0, NULL);
     if (req == NULL) {
         ngx_collab_resolved(conn);
         return;
@@ -578,7 +639,7 @@ ngx_collab_op_create(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    cr = ngx_collab_req_create(conn, NGX_COLLAB_OP_CREATE, ref);
+    cr = ngx_collab_req_create(conn, 0, ref);
     if (cr == NULL) {
         return;
     }
@@ -665,7 +726,7 @@ ngx_collab_op_sessions(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    sr = ngx_collab_req_create(conn, NGX_COLLAB_OP_SESSIONS, ref);
+    sr = ngx_collab_req_create(conn, 0, ref);
     if (sr == NULL) {
         return;
     }
@@ -766,7 +827,7 @@ ngx_collab_op_join(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    jr = ngx_collab_req_create(conn, NGX_COLLAB_OP_JOIN, ref);
+    jr = ngx_collab_req_create(conn, 0, ref);
     if (jr == NULL) {
         return;
     }
@@ -1016,6 +1077,15 @@ ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
     m = req->member;
     m->joining = 0;
 
+    if (m->removed) {
+        ngx_collab_member_remove(m);
+
+        ngx_collab_protocol_error(conn, "ACCESS_DENIED", req->ref,
+                                  "removed from the session");
+        ngx_collab_req_free(req);
+        return;
+    }
+
     if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
         != NGX_OK)
     {
@@ -1252,7 +1322,7 @@ ngx_collab_op_history(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    hr = ngx_collab_req_create(conn, NGX_COLLAB_OP_HISTORY, ref);
+    hr = ngx_collab_req_create(conn, 0, ref);
     if (hr == NULL) {
         return;
     }
@@ -1461,9 +1531,8 @@ ngx_collab_limited(ngx_collab_conn_t *conn, json_t *ref, ngx_uint_t kind)
 /* requests in flight */
 
 
-static ngx_collab_req_t *
-ngx_collab_req_create(ngx_collab_conn_t *conn, ngx_collab_op_e op,
-    json_t *ref)
+ngx_collab_req_t *
+ngx_collab_req_create(ngx_collab_conn_t *conn, ngx_uint_t op, json_t *ref)
 {
     ngx_collab_req_t  *req;
 
@@ -1486,7 +1555,7 @@ ngx_collab_req_create(ngx_collab_conn_t *conn, ngx_collab_op_e op,
 }
 
 
-static void
+void
 ngx_collab_req_free(ngx_collab_req_t *req)
 {
     if (req->conn) {
@@ -1507,7 +1576,7 @@ ngx_collab_req_free(ngx_collab_req_t *req)
 
 /* sends the query for the request; on failure answers UNAVAILABLE */
 
-static ngx_int_t
+ngx_int_t
 ngx_collab_req_send(ngx_collab_req_t *req, ngx_collab_pg_query_t *q,
     ngx_collab_pg_handler_pt handler)
 {
@@ -1532,7 +1601,7 @@ ngx_collab_req_send(ngx_collab_req_t *req, ngx_collab_pg_query_t *q,
 
 /* the request of a finished query, or NULL if its connection is gone */
 
-static ngx_collab_req_t *
+ngx_collab_req_t *
 ngx_collab_req_result(ngx_collab_pg_query_t *q, PGresult *res)
 {
     ngx_collab_req_t  *req;
@@ -1582,7 +1651,7 @@ ngx_collab_messages(PGresult *res, int first, int last, int64_t *max_seq)
 
 /* "session": a slug, 1 to 64 URL-safe characters */
 
-static ngx_int_t
+ngx_int_t
 ngx_collab_slug(json_t *req, ngx_str_t *slug)
 {
     u_char   c;
@@ -1616,7 +1685,7 @@ ngx_collab_slug(json_t *req, ngx_str_t *slug)
 }
 
 
-static ngx_collab_member_t *
+ngx_collab_member_t *
 ngx_collab_member_find(ngx_collab_conn_t *conn, ngx_str_t *slug)
 {
     ngx_queue_t          *q;
@@ -1641,7 +1710,7 @@ ngx_collab_member_find(ngx_collab_conn_t *conn, ngx_str_t *slug)
 
 /* NGX_OK: set; NGX_DECLINED: absent or null (*value = 0); NGX_ERROR */
 
-static ngx_int_t
+ngx_int_t
 ngx_collab_get_int(json_t *req, const char *name, int64_t min, int64_t max,
     int64_t *value)
 {

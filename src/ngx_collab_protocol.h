@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "ngx_collab_ws.h"
+#include "ngx_collab_pg.h"
 #include "ngx_collab_room.h"
 
 
@@ -31,6 +32,7 @@
 
 struct ngx_collab_conn_s {
     ngx_collab_ws_t            *ws;
+    ngx_queue_t                 link;          /* the worker's list */
 
     ngx_str_t                   user;          /* the site's user id */
     ngx_str_t                   user_name;     /* empty: none */
@@ -46,7 +48,40 @@ struct ngx_collab_conn_s {
 };
 
 
+/* a request waiting for PostgreSQL, linked to its connection */
+
+typedef struct {
+    ngx_queue_t                 link;          /* conn->requests */
+    ngx_collab_conn_t          *conn;          /* NULL: went away */
+    json_t                     *ref;
+    ngx_uint_t                  op;
+
+    int64_t                     since;         /* join: -1 none */
+    ngx_uint_t                  limit;
+    ngx_collab_member_t        *member;
+    json_t                     *session;
+    int64_t                     id;
+} ngx_collab_req_t;
+
+
 extern const ngx_collab_ws_app_t  ngx_collab_protocol_app;
+
+
+ngx_collab_req_t *ngx_collab_req_create(ngx_collab_conn_t *conn,
+    ngx_uint_t op, json_t *ref);
+void ngx_collab_req_free(ngx_collab_req_t *req);
+ngx_int_t ngx_collab_req_send(ngx_collab_req_t *req, ngx_collab_pg_query_t *q,
+    ngx_collab_pg_handler_pt handler);
+ngx_collab_req_t *ngx_collab_req_result(ngx_collab_pg_query_t *q,
+    PGresult *res);
+ngx_int_t ngx_collab_slug(json_t *req, ngx_str_t *slug);
+ngx_collab_member_t *ngx_collab_member_find(ngx_collab_conn_t *conn,
+    ngx_str_t *slug);
+ngx_int_t ngx_collab_get_int(json_t *req, const char *name, int64_t min,
+    int64_t max, int64_t *value);
+void ngx_collab_protocol_user_event(int64_t user, ngx_collab_ws_msg_t *msg);
+void ngx_collab_protocol_kick(ngx_collab_room_t *room, int64_t user,
+    ngx_collab_ws_msg_t *msg);
 
 
 void ngx_collab_protocol_error(ngx_collab_conn_t *conn, const char *code,

@@ -33,6 +33,11 @@
  * collab_presence_timeout loses its users.  A worker that subscribes to a
  * session asks "S <id>" and the other hosts answer with their users.
  *
+ * Other events: "E|K|D <origin> <user>\n<event>" on a session's channel
+ * (an event for its connections; K also makes the user's connections
+ * leave the session, D everyone's) and "I <origin> <user>\n<event>" on
+ * "<prefix>users" (an event for a user's connections: an invitation).
+ *
  * Faults.  A lost context is reconnected with exponential backoff and
  * jitter; meanwhile publishing is skipped and same-worker delivery goes
  * on.  When the subscriber comes back it subscribes again to every room
@@ -55,6 +60,8 @@
 #include "ngx_collab.h"
 #include "ngx_collab_room.h"
 #include "ngx_collab_presence.h"
+#include "ngx_collab_protocol.h"
+#include "ngx_collab_access.h"
 #include "ngx_collab_redis.h"
 
 
@@ -103,6 +110,10 @@ static ngx_int_t ngx_collab_redis_presence_in(ngx_collab_room_t *room,
 static void ngx_collab_redis_beat(ngx_event_t *ev);
 static void ngx_collab_redis_hosts(redisAsyncContext *ac, void *r,
     void *data);
+static void ngx_collab_redis_users(redisAsyncContext *ac, void *r,
+    void *data);
+static ngx_int_t ngx_collab_redis_parse(u_char *p, u_char *last,
+    uint64_t *origin, int64_t *user, u_char **json);
 static ssize_t ngx_collab_redis_read_file(ngx_str_t *name, u_char *buf,
     size_t size, ngx_log_t *log);
 
@@ -501,6 +512,11 @@ ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
                                  ngx_collab_redis_cf->prefix.data,
                                  ngx_collab_redis_cf->prefix.len);
     }
+
+    (void) redisAsyncCommand(link->ac, ngx_collab_redis_users, NULL,
+                             "SUBSCRIBE %busers",
+                             ngx_collab_redis_cf->prefix.data,
+                             ngx_collab_redis_cf->prefix.len);
 
     /* what may have been published meanwhile is read from PostgreSQL */
 
@@ -960,6 +976,25 @@ ngx_collab_redis_message(redisAsyncContext *ac, void *r, void *data)
         return;
     }
 
+    if (payload->len > 2 && (p[0] == 'E' || p[0] == 'K' || p[0] == 'D')) {
+        if (ngx_collab_redis_parse(p, last, &origin, &seq, &nl) != NGX_OK) {
+            goto invalid;
+        }
+
+        if (origin == ngx_collab_redis_origin) {
+            return;
+        }
+
+        msg = ngx_collab_ws_msg_create(NGX_COLLAB_WS_OP_TEXT, nl,
+                                       last - nl, ngx_collab_redis_log);
+        if (msg) {
+            ngx_collab_access_apply(room, p[0], seq, msg);
+            ngx_collab_ws_msg_release(msg);
+        }
+
+        return;
+    }
+
     nl = ngx_strlchr(p, last, '\n');
     if (nl == NULL) {
         goto invalid;
@@ -1095,4 +1130,129 @@ ngx_collab_redis_presence_in(ngx_collab_room_t *room, u_char *p,
     ngx_collab_presence_remote(host, &who, status, typing);
 
     return NGX_OK;
+}
+
+
+/* "<kind> <origin hex> <user>\n<json>": *json points at the JSON */
+
+static ngx_int_t
+ngx_collab_redis_parse(u_char *p, u_char *last, uint64_t *origin,
+    int64_t *user, u_char **json)
+{
+    u_char  *nl, *sp;
+
+    nl = ngx_strlchr(p, last, '\n');
+
+    if (nl == NULL || nl - p < 5) {
+        return NGX_ERROR;
+    }
+
+    sp = ngx_strlchr(p + 2, nl, ' ');
+
+    if (sp == NULL) {
+        return NGX_ERROR;
+    }
+
+    *origin = (uint64_t) ngx_hextoi(p + 2, sp - p - 2);
+    *user = ngx_atoof(sp + 1, nl - sp - 1);
+    *json = nl + 1;
+
+    return (*user >= 0 && (ngx_int_t) *origin > 0) ? NGX_OK : NGX_ERROR;
+}
+
+
+void
+ngx_collab_redis_room_event(int64_t session, u_char kind, int64_t user,
+    u_char *data, size_t len)
+{
+    u_char  *p, *payload;
+    size_t   clen;
+    u_char   chan[NGX_INT64_LEN + 256];
+
+    if (ngx_collab_redis_cf == NULL || !ngx_collab_redis_pub.connected) {
+        return;
+    }
+
+    payload = ngx_alloc(2 * NGX_INT64_LEN + 8 + len, ngx_collab_redis_log);
+    if (payload == NULL) {
+        return;
+    }
+
+    p = ngx_sprintf(payload, "%c %uxL %L\n", kind, ngx_collab_redis_origin,
+                    user);
+    p = ngx_cpymem(p, data, len);
+
+    clen = ngx_collab_redis_channel(chan, session);
+
+    ngx_collab_redis_send(chan, clen, payload, p - payload);
+
+    ngx_free(payload);
+}
+
+
+void
+ngx_collab_redis_user_event(int64_t user, u_char *data, size_t len)
+{
+    u_char  *p, *payload;
+    u_char   chan[256 + 8];
+
+    if (ngx_collab_redis_cf == NULL || !ngx_collab_redis_pub.connected) {
+        return;
+    }
+
+    payload = ngx_alloc(2 * NGX_INT64_LEN + 8 + len, ngx_collab_redis_log);
+    if (payload == NULL) {
+        return;
+    }
+
+    p = ngx_sprintf(payload, "I %uxL %L\n", ngx_collab_redis_origin, user);
+    p = ngx_cpymem(p, data, len);
+
+    ngx_collab_redis_send(chan,
+                          ngx_cpymem(ngx_cpymem(chan,
+                                         ngx_collab_redis_cf->prefix.data,
+                                         ngx_min(ngx_collab_redis_cf
+                                                 ->prefix.len, 200)),
+                                     "users", 5) - chan,
+                          payload, p - payload);
+
+    ngx_free(payload);
+}
+
+
+static void
+ngx_collab_redis_users(redisAsyncContext *ac, void *r, void *data)
+{
+    u_char               *p, *last, *json;
+    int64_t               user;
+    uint64_t              origin;
+    redisReply           *reply, *payload;
+    ngx_collab_ws_msg_t  *msg;
+
+    reply = r;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 3
+        || reply->element[2]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    payload = reply->element[2];
+    p = (u_char *) payload->str;
+    last = p + payload->len;
+
+    if (payload->len < 5 || p[0] != 'I'
+        || ngx_collab_redis_parse(p, last, &origin, &user, &json) != NGX_OK
+        || origin == ngx_collab_redis_origin)
+    {
+        return;
+    }
+
+    msg = ngx_collab_ws_msg_create(NGX_COLLAB_WS_OP_TEXT, json, last - json,
+                                   ngx_collab_redis_log);
+    if (msg) {
+        ngx_collab_protocol_user_event(user, msg);
+        ngx_collab_ws_msg_release(msg);
+    }
 }

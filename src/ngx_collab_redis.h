@@ -34,6 +34,9 @@ void ngx_collab_redis_unsubscribe(ngx_collab_room_t *room);
 void ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq,
     u_char *data, size_t len);
 void ngx_collab_redis_presence(ngx_collab_room_t *room, int64_t user);
+void ngx_collab_redis_room_event(int64_t session, u_char kind, int64_t user,
+    u_char *data, size_t len);
+void ngx_collab_redis_user_event(int64_t user, u_char *data, size_t len);
 
 
 #endif /* _NGX_COLLAB_REDIS_H_INCLUDED_ */

@@ -86,6 +86,7 @@ struct ngx_collab_member_s {
     unsigned                    overflow:1;
     unsigned                    joining:1;
     unsigned                    present:1;     /* counted in the zone */
+    unsigned                    removed:1;     /* while joining */
     unsigned                    status:2;      /* online or away */
 };
 

@@ -172,6 +172,205 @@ const char  ngx_collab_sql_append_batch[] =
 
 
 /*
+ * Invitations and the owner's rights (issue 6).  Each statement checks
+ * the caller's right in SQL and reports what it found, so that one round
+ * trip tells the op both what happened and why not.
+ */
+
+#define INVITATION_COLUMNS                                                    \
+    "i.id AS invitation, s.slug, s.title, "                                  \
+    "(SELECT external_id FROM users WHERE id = i.invited_by) AS invited_by, " \
+    "(SELECT external_id FROM users WHERE id = i.invited_user_id) "          \
+    "AS invitee, i.status, "                                                 \
+    TS("i.expires_at") " AS expires_at, " TS("i.created_at") " AS created_at"
+
+
+/*
+ * $1 slug, $2 the caller's users.id, $3 the invitee's external id, $4 the
+ * invitation's lifetime in seconds.  The invitee's user row is created if
+ * need be.  A pending invitation that expired is renewed in place.
+ */
+
+const char  ngx_collab_sql_invite[] =
+    "WITH s AS ("
+    "  SELECT id, slug, title, owner_id FROM chat_sessions"
+    "  WHERE slug = $1::text"
+    "), u AS ("
+    "  SELECT id FROM users WHERE external_id = $3::text"
+    "), nu AS ("
+    "  INSERT INTO users (external_id)"
+    "  SELECT $3::text WHERE NOT EXISTS (SELECT 1 FROM u)"
+    "    AND EXISTS (SELECT 1 FROM s WHERE owner_id = $2::bigint)"
+    "  ON CONFLICT (external_id) DO NOTHING RETURNING id"
+    "), inv AS ("
+    "  SELECT coalesce((SELECT id FROM u), (SELECT id FROM nu)) AS id"
+    "), part AS ("
+    "  SELECT EXISTS (SELECT 1 FROM chat_participants p, s, inv"
+    "                 WHERE p.session_id = s.id AND p.user_id = inv.id) AS yes"
+    "), ins AS ("
+    "  INSERT INTO chat_invitations (session_id, invited_user_id, invited_by,"
+    "                                expires_at)"
+    "  SELECT s.id, inv.id, $2::bigint,"
+    "         now() + make_interval(secs => $4::double precision)"
+    "  FROM s, inv, part"
+    "  WHERE s.owner_id = $2::bigint AND inv.id IS NOT NULL AND NOT part.yes"
+    "  ON CONFLICT (session_id, invited_user_id) WHERE status = 'pending'"
+    "  DO UPDATE SET invited_by = EXCLUDED.invited_by,"
+    "                expires_at = EXCLUDED.expires_at, created_at = now()"
+    "  WHERE chat_invitations.expires_at <= now()"
+    "  RETURNING *"
+    ") "
+    "SELECT s.id AS session_id, s.owner_id = $2::bigint AS is_owner,"
+    " (SELECT yes FROM part) AS is_participant,"
+    " (SELECT id FROM inv) AS invited_user_id,"
+    " i.id AS invitation, s.slug, s.title,"
+    " (SELECT external_id FROM users WHERE id = $2::bigint) AS invited_by,"
+    " $3::text AS invitee, i.status,"
+    " " TS("i.expires_at") " AS expires_at,"
+    " " TS("i.created_at") " AS created_at "
+    "FROM s LEFT JOIN ins i ON true";
+
+
+/* $1 the caller's users.id: their pending invitations */
+
+const char  ngx_collab_sql_my_invitations[] =
+    "SELECT " INVITATION_COLUMNS " "
+    "FROM chat_invitations i JOIN chat_sessions s ON s.id = i.session_id "
+    "WHERE i.invited_user_id = $1::bigint AND i.status = 'pending'"
+    "  AND i.expires_at > now() "
+    "ORDER BY i.created_at DESC LIMIT 200";
+
+
+/* $1 slug, $2 the caller: a session's pending invitations, for its owner */
+
+const char  ngx_collab_sql_session_invitations[] =
+    "SELECT s.owner_id = $2::bigint AS is_owner, " INVITATION_COLUMNS " "
+    "FROM chat_sessions s"
+    " LEFT JOIN chat_invitations i ON i.session_id = s.id"
+    "  AND i.status = 'pending' AND i.expires_at > now()"
+    "  AND s.owner_id = $2::bigint "
+    "WHERE s.slug = $1::text "
+    "ORDER BY i.created_at DESC LIMIT 201";
+
+
+/*
+ * $1 invitation id, $2 the caller (the invitee), $3 'accepted' or
+ * 'declined'.  Accepting makes the invitee a participant, while the
+ * session has room; an expired invitation is marked so and refused.
+ */
+
+const char  ngx_collab_sql_respond[] =
+    "WITH i AS ("
+    "  SELECT * FROM chat_invitations"
+    "  WHERE id = $1::bigint AND invited_user_id = $2::bigint FOR UPDATE"
+    "), s AS ("
+    "  SELECT cs.* FROM chat_sessions cs, i WHERE cs.id = i.session_id"
+    "), ok AS ("
+    "  SELECT i.id FROM i, s"
+    "  WHERE i.status = 'pending' AND i.expires_at > now()"
+    "    AND ($3::text <> 'accepted' OR s.max_participants IS NULL"
+    "         OR (SELECT count(*) FROM chat_participants p"
+    "             WHERE p.session_id = s.id) < s.max_participants)"
+    "), upd AS ("
+    "  UPDATE chat_invitations SET status = $3::text, responded_at = now()"
+    "  WHERE id IN (SELECT id FROM ok) RETURNING session_id"
+    "), expire AS ("
+    "  UPDATE chat_invitations SET status = 'expired'"
+    "  WHERE id IN (SELECT id FROM i"
+    "               WHERE status = 'pending' AND expires_at <= now())"
+    "), p AS ("
+    "  INSERT INTO chat_participants (session_id, user_id, role)"
+    "  SELECT session_id, $2::bigint, 'member' FROM upd"
+    "  WHERE $3::text = 'accepted'"
+    "  ON CONFLICT DO NOTHING"
+    ") "
+    "SELECT i.status AS was, i.expires_at > now() AS live,"
+    " EXISTS (SELECT 1 FROM upd) AS done, " SESSION_COLUMNS ","
+    " (SELECT external_id FROM users WHERE id = s.owner_id) AS owner,"
+    " 'member' AS role "
+    "FROM i JOIN s ON s.id = i.session_id";
+
+
+/* $1 invitation id, $2 the caller (the session's owner) */
+
+const char  ngx_collab_sql_revoke[] =
+    "WITH i AS ("
+    "  SELECT ci.*, cs.owner_id, cs.slug FROM chat_invitations ci"
+    "  JOIN chat_sessions cs ON cs.id = ci.session_id"
+    "  WHERE ci.id = $1::bigint FOR UPDATE OF ci"
+    "), upd AS ("
+    "  UPDATE chat_invitations SET status = 'revoked', responded_at = now()"
+    "  WHERE id IN (SELECT id FROM i WHERE owner_id = $2::bigint"
+    "               AND status = 'pending')"
+    "  RETURNING id"
+    ") "
+    "SELECT i.status AS was, i.owner_id = $2::bigint AS is_owner,"
+    " EXISTS (SELECT 1 FROM upd) AS done, i.slug,"
+    " i.invited_user_id AS invitee_id,"
+    " (SELECT external_id FROM users WHERE id = i.invited_user_id)"
+    " AS invitee "
+    "FROM i";
+
+
+/* $1 slug, $2 the caller (the owner), $3 the participant's external id */
+
+const char  ngx_collab_sql_remove[] =
+    "WITH s AS ("
+    "  SELECT id, slug, owner_id FROM chat_sessions WHERE slug = $1::text"
+    "), t AS ("
+    "  SELECT id FROM users WHERE external_id = $3::text"
+    "), del AS ("
+    "  DELETE FROM chat_participants p USING s, t"
+    "  WHERE p.session_id = s.id AND p.user_id = t.id"
+    "    AND s.owner_id = $2::bigint AND t.id <> s.owner_id"
+    "  RETURNING p.user_id"
+    ") "
+    "SELECT s.id, s.slug, s.owner_id = $2::bigint AS is_owner,"
+    " (SELECT id FROM t) AS target_id,"
+    " coalesce((SELECT id FROM t) = s.owner_id, false) AS target_is_owner,"
+    " EXISTS (SELECT 1 FROM del) AS removed "
+    "FROM s";
+
+
+/*
+ * $1 slug, $2 the caller (the owner), $3 title, $4 is_public, $5
+ * max_participants, $6 true to remove the limit; NULL keeps a field
+ */
+
+const char  ngx_collab_sql_update_session[] =
+    "WITH s0 AS ("
+    "  SELECT id, owner_id FROM chat_sessions WHERE slug = $1::text"
+    "), s AS ("
+    "  UPDATE chat_sessions cs"
+    "  SET title = coalesce($3::text, cs.title),"
+    "      is_public = coalesce($4::boolean, cs.is_public),"
+    "      max_participants = CASE WHEN $6::boolean THEN NULL"
+    "                         ELSE coalesce($5::integer, cs.max_participants)"
+    "                         END"
+    "  FROM s0 WHERE cs.id = s0.id AND s0.owner_id = $2::bigint"
+    "  RETURNING cs.*"
+    ") "
+    "SELECT s0.owner_id = $2::bigint AS is_owner, " SESSION_COLUMNS ","
+    " (SELECT external_id FROM users WHERE id = s0.owner_id) AS owner,"
+    " 'owner' AS role "
+    "FROM s0 LEFT JOIN s ON s.id = s0.id";
+
+
+/* $1 slug, $2 the caller (the owner); messages and the rest cascade */
+
+const char  ngx_collab_sql_delete_session[] =
+    "WITH s AS ("
+    "  SELECT id, owner_id FROM chat_sessions WHERE slug = $1::text"
+    "), del AS ("
+    "  DELETE FROM chat_sessions cs USING s"
+    "  WHERE cs.id = s.id AND s.owner_id = $2::bigint RETURNING cs.id"
+    ") "
+    "SELECT s.id, s.owner_id = $2::bigint AS is_owner,"
+    " EXISTS (SELECT 1 FROM del) AS deleted "
+    "FROM s";
+
+
+/*
  * NGX_OK when the statement succeeded with the expected status; logs a
  * failed statement (a NULL result was logged by the pool already).
  */
@@ -367,4 +566,51 @@ ngx_collab_store_message(PGresult *res, int row)
     }
 
     return m;
+}
+
+
+ngx_uint_t
+ngx_collab_store_bool(PGresult *res, int row, const char *field)
+{
+    int  col;
+
+    col = PQfnumber(res, field);
+
+    return col >= 0 && !PQgetisnull(res, row, col)
+           && PQgetvalue(res, row, col)[0] == 't';
+}
+
+
+json_t *
+ngx_collab_store_invitation(PGresult *res, int row)
+{
+    json_t  *i;
+
+    i = json_object();
+    if (i == NULL) {
+        return NULL;
+    }
+
+    if (json_object_set_new(i, "id",
+                            ngx_collab_store_integer(res, row, "invitation"))
+        || json_object_set_new(i, "session",
+                               ngx_collab_store_text(res, row, "slug"))
+        || json_object_set_new(i, "title",
+                               ngx_collab_store_text(res, row, "title"))
+        || json_object_set_new(i, "invitedBy",
+                               ngx_collab_store_text(res, row, "invited_by"))
+        || json_object_set_new(i, "invitee",
+                               ngx_collab_store_text(res, row, "invitee"))
+        || json_object_set_new(i, "status",
+                               ngx_collab_store_text(res, row, "status"))
+        || json_object_set_new(i, "expiresAt",
+                               ngx_collab_store_text(res, row, "expires_at"))
+        || json_object_set_new(i, "createdAt",
+                               ngx_collab_store_text(res, row, "created_at")))
+    {
+        json_decref(i);
+        return NULL;
+    }
+
+    return i;
 }

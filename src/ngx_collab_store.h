@@ -24,6 +24,14 @@ extern const char  ngx_collab_sql_join_session[];
 extern const char  ngx_collab_sql_messages_since[];
 extern const char  ngx_collab_sql_history_before[];
 extern const char  ngx_collab_sql_append_batch[];
+extern const char  ngx_collab_sql_invite[];
+extern const char  ngx_collab_sql_my_invitations[];
+extern const char  ngx_collab_sql_session_invitations[];
+extern const char  ngx_collab_sql_respond[];
+extern const char  ngx_collab_sql_revoke[];
+extern const char  ngx_collab_sql_remove[];
+extern const char  ngx_collab_sql_update_session[];
+extern const char  ngx_collab_sql_delete_session[];
 
 
 ngx_int_t ngx_collab_store_ok(PGresult *res, ExecStatusType status,
@@ -35,6 +43,8 @@ json_t *ngx_collab_store_text(PGresult *res, int row, const char *field);
 
 json_t *ngx_collab_store_session(PGresult *res, int row);
 json_t *ngx_collab_store_message(PGresult *res, int row);
+json_t *ngx_collab_store_invitation(PGresult *res, int row);
+ngx_uint_t ngx_collab_store_bool(PGresult *res, int row, const char *field);
 
 
 #endif /* _NGX_COLLAB_STORE_H_INCLUDED_ */
