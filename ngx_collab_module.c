@@ -20,6 +20,7 @@
 #include "ngx_collab_echo.h"
 #include "ngx_collab_protocol.h"
 #include "ngx_collab_send.h"
+#include "ngx_collab_api.h"
 
 
 static void *ngx_collab_create_main_conf(ngx_conf_t *cf);
@@ -30,6 +31,7 @@ static char *ngx_collab_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static char *ngx_collab_echo(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_collab_websocket(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_collab_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_collab_set_app(ngx_conf_t *cf, ngx_collab_loc_conf_t *clcf,
     const ngx_collab_ws_app_t *app);
 static char *ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -54,6 +56,13 @@ static ngx_command_t  ngx_collab_commands[] = {
     { ngx_string("collab_websocket"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_collab_websocket,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_collab_api,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -463,12 +472,32 @@ ngx_collab_websocket(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static char *
+ngx_collab_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_loc_conf_t *clcf = conf;
+
+    ngx_http_core_loc_conf_t  *hclcf;
+
+    if (clcf->app || clcf->api) {
+        return "is duplicate";
+    }
+
+    clcf->api = 1;
+
+    hclcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    hclcf->handler = ngx_collab_api_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
 ngx_collab_set_app(ngx_conf_t *cf, ngx_collab_loc_conf_t *clcf,
     const ngx_collab_ws_app_t *app)
 {
     ngx_http_core_loc_conf_t  *hclcf;
 
-    if (clcf->app) {
+    if (clcf->app || clcf->api) {
         return "is duplicate";
     }
 

@@ -36,6 +36,7 @@ typedef struct {
 typedef struct {
     const ngx_collab_ws_app_t  *app;          /* NULL: not a collab location */
     ngx_uint_t                  broadcast;    /* collab_echo broadcast */
+    ngx_uint_t                  api;          /* collab_api */
 
     size_t                      max_message_size;
     size_t                      send_queue_size;

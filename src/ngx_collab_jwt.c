@@ -13,10 +13,11 @@
  *   2. the header: strict base64url, then a JSON object whose "alg" must
  *      be "HS256" - the only algorithm, fixed by configuration and never
  *      chosen by the token, so "none", HS384 or RS256 are refused here;
- *   3. the signature: exactly 32 bytes, equal to HMAC-SHA256 of the first
+ *   3. the payload's base64url, decoded but not yet looked at;
+ *   4. the signature: exactly 32 bytes, equal to HMAC-SHA256 of the first
  *      two segments as sent, compared with CRYPTO_memcmp();
- *   4. only now the payload: a JSON object with the registered claims of
- *      the right types, then exp, nbf, iss, aud and sub.
+ *   5. only now the payload JSON: an object with the registered claims of
+ *      the right types, then sub, exp, nbf, iss and aud.
  *
  * Base64url is decoded strictly: no padding, no characters outside the
  * URL-safe alphabet, no length of 1 mod 4, and the unused low bits of the
@@ -109,15 +110,15 @@ ngx_collab_jwt_verify(const ngx_collab_jwt_conf_t *conf, const u_char *token,
         return rc;
     }
 
+    if (ngx_collab_jwt_b64_decode(buf, &n, dot1 + 1, dot2 - dot1 - 1) != 0) {
+        return ngx_collab_jwt_fail(out, NGX_COLLAB_JWT_MALFORMED,
+                                   "payload is not base64url");
+    }
+
     rc = ngx_collab_jwt_signature(conf, out, token, dot2 - token,
                                   dot2 + 1, token + len - dot2 - 1);
     if (rc != NGX_COLLAB_JWT_OK) {
         return rc;
-    }
-
-    if (ngx_collab_jwt_b64_decode(buf, &n, dot1 + 1, dot2 - dot1 - 1) != 0) {
-        return ngx_collab_jwt_fail(out, NGX_COLLAB_JWT_MALFORMED,
-                                   "payload is not base64url");
     }
 
     claims = json_loadb((const char *) buf, n, JSON_REJECT_DUPLICATES, &err);

@@ -42,6 +42,7 @@
 #include "ngx_collab_redis.h"
 #include "ngx_collab_protocol.h"
 #include "ngx_collab_access.h"
+#include "ngx_collab_api.h"
 
 
 #define NGX_COLLAB_SINCE_PAGE     200
@@ -67,8 +68,6 @@ static ngx_int_t ngx_collab_protocol_open(ngx_collab_ws_t *ws);
 static void ngx_collab_protocol_message(ngx_collab_ws_t *ws,
     ngx_uint_t opcode, u_char *data, size_t len);
 static void ngx_collab_protocol_close(ngx_collab_ws_t *ws);
-static void ngx_collab_protocol_dispatch(ngx_collab_conn_t *conn,
-    json_t *req);
 
 static ngx_uint_t ngx_collab_utf8_valid(ngx_str_t *s);
 static void ngx_collab_resolve(ngx_collab_conn_t *conn);
@@ -142,6 +141,7 @@ static ngx_collab_op_t  ngx_collab_ops[] = {
     { "remove", ngx_collab_op_remove, 1 },
     { "update", ngx_collab_op_update, 1 },
     { "delete", ngx_collab_op_delete, 1 },
+    { "_access", ngx_collab_api_access, 1 },   /* the HTTP API's only */
     { NULL, NULL, 0 }
 };
 
@@ -149,19 +149,22 @@ static ngx_collab_op_t  ngx_collab_ops[] = {
 /* the connection */
 
 
-static ngx_int_t
-ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
-{
-    ngx_str_t               user, name;
-    ngx_collab_conn_t      *conn;
-    ngx_collab_loc_conf_t  *cf;
+/*
+ * The caller's identity (collab_user, collab_user_name) as a connection
+ * state allocated from pool: NGX_OK, or the HTTP status to refuse with.
+ */
 
-    cf = ws->conf;
+ngx_int_t
+ngx_collab_conn_create(ngx_http_request_t *r, ngx_collab_loc_conf_t *cf,
+    ngx_pool_t *pool, ngx_collab_conn_t **connp)
+{
+    ngx_str_t           user, name;
+    ngx_collab_conn_t  *conn;
 
     if (cf->user == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "collab: \"collab_user\" is not set for this "
-                      "location, refusing the upgrade");
+                      "location, refusing the request");
         return NGX_HTTP_UNAUTHORIZED;
     }
 
@@ -171,7 +174,7 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
 
     if (user.len == 0 || user.len > 256 || !ngx_collab_utf8_valid(&user)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "collab: %s user identity, refusing the upgrade",
+                      "collab: %s user identity, refusing the request",
                       user.len == 0 ? "no"
                       : (user.len > 256 ? "too long a" : "a non-UTF-8"));
         return NGX_HTTP_UNAUTHORIZED;
@@ -189,15 +192,10 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
         name.len = 0;
     }
 
-    /* the request pool goes away after the upgrade: copy to the connection's */
-
-    conn = ngx_pcalloc(r->connection->pool,
-                       sizeof(ngx_collab_conn_t) + user.len + name.len);
+    conn = ngx_pcalloc(pool, sizeof(ngx_collab_conn_t) + user.len + name.len);
     if (conn == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    conn->ws = ws;
 
     conn->user.data = (u_char *) (conn + 1);
     conn->user.len = user.len;
@@ -210,10 +208,32 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
         ngx_memcpy(conn->user_name.data, name.data, name.len);
     }
 
+    ngx_queue_init(&conn->link);
     ngx_queue_init(&conn->members);
     ngx_queue_init(&conn->requests);
     ngx_queue_init(&conn->sends);
 
+    *connp = conn;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
+{
+    ngx_int_t           rc;
+    ngx_collab_conn_t  *conn;
+
+    /* the request pool goes away after the upgrade: the connection's */
+
+    rc = ngx_collab_conn_create(r, ws->conf, r->connection->pool, &conn);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    conn->ws = ws;
     ws->data = conn;
 
     return NGX_OK;
@@ -311,11 +331,17 @@ ngx_collab_protocol_kick(ngx_collab_room_t *room, int64_t user,
 static void
 ngx_collab_protocol_close(ngx_collab_ws_t *ws)
 {
-    ngx_queue_t        *q;
-    ngx_collab_req_t   *req;
-    ngx_collab_conn_t  *conn;
+    ngx_collab_conn_close(ws->data);
+}
 
-    conn = ws->data;
+
+/* the connection (or API request) goes: what waits for it forgets it */
+
+void
+ngx_collab_conn_close(ngx_collab_conn_t *conn)
+{
+    ngx_queue_t       *q;
+    ngx_collab_req_t  *req;
 
     ngx_queue_remove(&conn->link);
 
@@ -372,7 +398,7 @@ ngx_collab_protocol_message(ngx_collab_ws_t *ws, ngx_uint_t opcode,
 }
 
 
-static void
+void
 ngx_collab_protocol_dispatch(ngx_collab_conn_t *conn, json_t *req)
 {
     json_t           *op, *ref;
@@ -1762,6 +1788,11 @@ void
 ngx_collab_protocol_reply(ngx_collab_conn_t *conn, json_t *reply)
 {
     ngx_collab_ws_msg_t  *msg;
+
+    if (conn->api) {
+        ngx_collab_api_reply(conn, reply);
+        return;
+    }
 
     if (reply == NULL) {
         ngx_collab_ws_close(conn->ws, NGX_COLLAB_WS_CLOSE_INTERNAL,

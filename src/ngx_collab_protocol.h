@@ -44,6 +44,7 @@ struct ngx_collab_conn_s {
     ngx_uint_t                  nsends;
 
     json_t                     *deferred;      /* requests before user_id */
+    void                       *api;           /* an HTTP API request's */
     unsigned                    resolving:1;
 };
 
@@ -66,6 +67,11 @@ typedef struct {
 
 extern const ngx_collab_ws_app_t  ngx_collab_protocol_app;
 
+
+ngx_int_t ngx_collab_conn_create(ngx_http_request_t *r,
+    ngx_collab_loc_conf_t *cf, ngx_pool_t *pool, ngx_collab_conn_t **connp);
+void ngx_collab_conn_close(ngx_collab_conn_t *conn);
+void ngx_collab_protocol_dispatch(ngx_collab_conn_t *conn, json_t *req);
 
 ngx_collab_req_t *ngx_collab_req_create(ngx_collab_conn_t *conn,
     ngx_uint_t op, json_t *ref);
