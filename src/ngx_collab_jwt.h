@@ -99,10 +99,11 @@ typedef struct {
  *
  * The header is decoded and checked first (so that "alg":"none" is
  * reported as such), then the payload's base64url, then the signature,
- * and only a token whose signature verifies has its payload JSON parsed.  Fractional exp and nbf are
- * accepted (RFC 7519, 2: NumericDate); against the whole-second clock
- * exp is rounded down and nbf up, which gives the exact answer.  The
- * time checks saturate instead of overflowing on extreme values.
+ * and only a token whose signature verifies has its payload JSON parsed.
+ * Fractional exp and nbf are accepted (RFC 7519, 2: NumericDate);
+ * against the whole-second clock exp is rounded down and nbf up, which
+ * gives the exact answer.  The time checks saturate instead of
+ * overflowing on extreme values.
  */
 int ngx_collab_jwt_verify(const ngx_collab_jwt_conf_t *conf,
     const u_char *token, size_t len, ngx_collab_jwt_t *out);

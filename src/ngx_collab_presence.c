@@ -696,9 +696,13 @@ ngx_collab_presence_typing(int64_t session, int64_t user, ngx_uint_t on)
 
         e->typing_until = until;
 
-        /* a refresh of a typing user changes nothing anyone sees */
+        /*
+         * A refresh is a change too: the workers' next look at the
+         * session tells clients the indicator goes on (clients expire it
+         * on their own if they hear nothing for a while).
+         */
 
-        if ((on != 0) != was) {
+        if (on || was) {
             ngx_collab_presence_changed_locked(e);
             changed = 1;
         }
@@ -830,6 +834,8 @@ ngx_collab_presence_snapshot(int64_t session,
         item->status = status;
         item->typing = e->typing_until
                        && (ngx_msec_int_t) (e->typing_until - now) > 0;
+
+        item->typing_until = item->typing ? e->typing_until : 0;
 
         if (item->typing) {
             ngx_collab_presence_sooner(&snap->next, e->typing_until);

@@ -55,6 +55,7 @@ typedef struct {
     uint64_t                    last_seen;     /* ms since the epoch */
     ngx_uint_t                  status;
     ngx_uint_t                  typing;
+    ngx_msec_t                  typing_until;
     ngx_str_t                   ext;
     ngx_str_t                   name;
 } ngx_collab_presence_item_t;

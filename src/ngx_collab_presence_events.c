@@ -164,7 +164,16 @@ ngx_collab_presence_room(ngx_collab_room_t *room)
             json_array_append_new(updates, ngx_collab_presence_item(b, 0));
         }
 
-        if (a->typing != b->typing) {
+        /*
+         * typing on again, or on and started anew (stopped and started
+         * within one batch): clients' safety timers rely on hearing it
+         */
+
+        if (a->typing != b->typing
+            || (b->typing
+                && (ngx_msec_int_t) (b->typing_until - a->typing_until)
+                   >= 1000))
+        {
             ngx_collab_presence_typing_event(room, b, b->typing);
         }
 
