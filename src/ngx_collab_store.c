@@ -256,7 +256,8 @@ const char  ngx_collab_sql_session_invitations[] =
 /*
  * $1 invitation id, $2 the caller (the invitee), $3 'accepted' or
  * 'declined'.  Accepting makes the invitee a participant, while the
- * session has room; an expired invitation is marked so and refused.
+ * session has room (sql/003's trigger decides, under concurrency too);
+ * an expired invitation is marked so and refused.
  */
 
 const char  ngx_collab_sql_respond[] =
@@ -266,23 +267,27 @@ const char  ngx_collab_sql_respond[] =
     "), s AS ("
     "  SELECT cs.* FROM chat_sessions cs, i WHERE cs.id = i.session_id"
     "), ok AS ("
-    "  SELECT i.id FROM i, s"
+    "  SELECT i.id, i.session_id FROM i"
     "  WHERE i.status = 'pending' AND i.expires_at > now()"
-    "    AND ($3::text <> 'accepted' OR s.max_participants IS NULL"
-    "         OR (SELECT count(*) FROM chat_participants p"
-    "             WHERE p.session_id = s.id) < s.max_participants)"
+    "), p AS ("
+
+    /* the participant limit's trigger skips the row when it is full */
+
+    "  INSERT INTO chat_participants (session_id, user_id, role)"
+    "  SELECT session_id, $2::bigint, 'member' FROM ok"
+    "  WHERE $3::text = 'accepted'"
+    "  ON CONFLICT (session_id, user_id) DO UPDATE"
+    "    SET role = chat_participants.role"
+    "  RETURNING session_id"
     "), upd AS ("
     "  UPDATE chat_invitations SET status = $3::text, responded_at = now()"
-    "  WHERE id IN (SELECT id FROM ok) RETURNING session_id"
+    "  WHERE id IN (SELECT id FROM ok)"
+    "    AND ($3::text <> 'accepted' OR EXISTS (SELECT 1 FROM p))"
+    "  RETURNING session_id"
     "), expire AS ("
     "  UPDATE chat_invitations SET status = 'expired'"
     "  WHERE id IN (SELECT id FROM i"
     "               WHERE status = 'pending' AND expires_at <= now())"
-    "), p AS ("
-    "  INSERT INTO chat_participants (session_id, user_id, role)"
-    "  SELECT session_id, $2::bigint, 'member' FROM upd"
-    "  WHERE $3::text = 'accepted'"
-    "  ON CONFLICT DO NOTHING"
     ") "
     "SELECT i.status AS was, i.expires_at > now() AS live,"
     " EXISTS (SELECT 1 FROM upd) AS done, " SESSION_COLUMNS ","
