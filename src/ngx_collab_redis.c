@@ -38,6 +38,11 @@
  * leave the session, D everyone's) and "I <origin> <user>\n<event>" on
  * "<prefix>users" (an event for a user's connections: an invitation).
  *
+ * A publish that may have been lost (Redis unreachable, the publisher
+ * reconnecting, too many unanswered) is followed, once the publisher is
+ * back, by a "Q <origin> <seq>" hint for each of the worker's rooms: a
+ * receiver behind that seq reads the rest from PostgreSQL.
+ *
  * Faults.  A lost context is reconnected with exponential backoff and
  * jitter; meanwhile publishing is skipped and same-worker delivery goes
  * on.  When the subscriber comes back it subscribes again to every room
@@ -112,6 +117,11 @@ static void ngx_collab_redis_hosts(redisAsyncContext *ac, void *r,
     void *data);
 static void ngx_collab_redis_users(redisAsyncContext *ac, void *r,
     void *data);
+static void ngx_collab_redis_ready(redisAsyncContext *ac, void *r,
+    void *data);
+static void ngx_collab_redis_auth(redisAsyncContext *ac, void *r,
+    void *data);
+static void ngx_collab_redis_hints(void);
 static ngx_int_t ngx_collab_redis_parse(u_char *p, u_char *last,
     uint64_t *origin, int64_t *user, u_char **json);
 static ssize_t ngx_collab_redis_read_file(ngx_str_t *name, u_char *buf,
@@ -122,6 +132,7 @@ static ngx_collab_redis_conf_t  *ngx_collab_redis_cf;
 static ngx_collab_redis_link_t   ngx_collab_redis_sub;
 static ngx_collab_redis_link_t   ngx_collab_redis_pub;
 static ngx_event_t               ngx_collab_redis_beat_ev;
+static ngx_uint_t                ngx_collab_redis_lost;
 static ngx_log_t                *ngx_collab_redis_log;
 static uint64_t                  ngx_collab_redis_origin;
 
@@ -319,12 +330,10 @@ ngx_collab_redis_init_process(ngx_cycle_t *cycle,
     ngx_collab_redis_connect(&ngx_collab_redis_sub.timer);
     ngx_collab_redis_connect(&ngx_collab_redis_pub.timer);
 
-    if (ngx_collab_presence_instance()) {
-        ngx_collab_redis_beat_ev.handler = ngx_collab_redis_beat;
-        ngx_collab_redis_beat_ev.log = cycle->log;
-        ngx_collab_redis_beat_ev.cancelable = 1;
-        ngx_add_timer(&ngx_collab_redis_beat_ev, 1000);
-    }
+    ngx_collab_redis_beat_ev.handler = ngx_collab_redis_beat;
+    ngx_collab_redis_beat_ev.log = cycle->log;
+    ngx_collab_redis_beat_ev.cancelable = 1;
+    ngx_add_timer(&ngx_collab_redis_beat_ev, 1000);
 
     return NGX_OK;
 }
@@ -437,13 +446,18 @@ ngx_collab_redis_connect(ngx_event_t *ev)
     ngx_collab_redis_add_write(link);
 
     if (rcf->password.len) {
-        (void) redisAsyncCommand(ac, NULL, NULL, "AUTH %s",
+        (void) redisAsyncCommand(ac, ngx_collab_redis_auth, NULL, "AUTH %s",
                                  rcf->password.data);
     }
 
     if (rcf->db) {
-        (void) redisAsyncCommand(ac, NULL, NULL, "SELECT %d", (int) rcf->db);
+        (void) redisAsyncCommand(ac, ngx_collab_redis_auth, NULL,
+                                 "SELECT %d", (int) rcf->db);
     }
+
+    /* a connection counts as up once Redis answers on it */
+
+    (void) redisAsyncCommand(ac, ngx_collab_redis_ready, NULL, "PING");
 
     ngx_add_timer(&link->timer, NGX_COLLAB_REDIS_TIMEOUT);
 }
@@ -470,7 +484,6 @@ static void
 ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
 {
     ngx_uint_t                level;
-    ngx_collab_room_t        *room;
     ngx_collab_redis_link_t  *link;
 
     link = ac->data;
@@ -494,6 +507,50 @@ ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
         return;
     }
 
+    /* the rest waits for the answer to PING: ngx_collab_redis_ready() */
+}
+
+
+static void
+ngx_collab_redis_auth(redisAsyncContext *ac, void *r, void *data)
+{
+    ngx_uint_t                level;
+    redisReply               *reply;
+    ngx_collab_redis_link_t  *link;
+
+    reply = r;
+    link = ac->data;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR && link) {
+        level = (link->failures > 1) ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+        ngx_log_error(level, ngx_collab_redis_log, 0,
+                      "collab: redis %s: %s", link->name, reply->str);
+    }
+}
+
+
+static void
+ngx_collab_redis_ready(redisAsyncContext *ac, void *r, void *data)
+{
+    ngx_collab_room_t        *room;
+    redisReply               *reply;
+    ngx_collab_redis_link_t  *link;
+
+    reply = r;
+    link = ac->data;
+
+    if (link == NULL || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+
+        /* refused (a wrong password): hang up, retry with backoff */
+
+        if (link && link->ac) {
+            redisAsyncDisconnect(link->ac);
+        }
+
+        return;
+    }
+
     if (link->failures) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_collab_redis_log, 0,
                       "collab: redis %s: connected again", link->name);
@@ -503,6 +560,13 @@ ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
     link->failures = 0;
 
     if (!link->subscriber) {
+
+        /* what was published while this was down may have been lost */
+
+        if (ngx_collab_redis_lost) {
+            ngx_collab_redis_hints();
+        }
+
         return;
     }
 
@@ -744,11 +808,18 @@ ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq, u_char *data,
 
     link = &ngx_collab_redis_pub;
 
-    if (ngx_collab_redis_cf == NULL || !link->connected) {
+    if (ngx_collab_redis_cf == NULL) {
+        return;
+    }
+
+    if (!link->connected) {
+        ngx_collab_redis_lost = 1;
         return;
     }
 
     if (link->inflight >= NGX_COLLAB_REDIS_INFLIGHT_MAX) {
+        ngx_collab_redis_lost = 1;
+
         ngx_log_error(NGX_LOG_WARN, ngx_collab_redis_log, 0,
                       "collab: redis publisher: %ui publishes unanswered, "
                       "dropping (receivers read it from PostgreSQL)",
@@ -876,6 +947,15 @@ ngx_collab_redis_beat(ngx_event_t *ev)
     size_t   clen;
     u_char   chan[256 + 8], payload[NGX_INT64_LEN + 4];
 
+    if (ngx_collab_redis_lost && ngx_collab_redis_pub.connected) {
+        ngx_collab_redis_hints();
+    }
+
+    if (ngx_collab_presence_instance() == 0) {
+        ngx_add_timer(ev, 1000);
+        return;
+    }
+
     p = ngx_cpymem(chan, ngx_collab_redis_cf->prefix.data,
                    ngx_min(ngx_collab_redis_cf->prefix.len, 200));
     p = ngx_cpymem(p, "hosts", 5);
@@ -922,6 +1002,39 @@ ngx_collab_redis_published(redisAsyncContext *ac, void *r, void *data)
 
     if (link && link->inflight) {
         link->inflight--;
+    }
+
+    if (r == NULL || ((redisReply *) r)->type == REDIS_REPLY_ERROR) {
+        ngx_collab_redis_lost = 1;     /* this one may not have gone out */
+    }
+}
+
+
+/* every room tells the others how far it is: receivers behind resync */
+
+static void
+ngx_collab_redis_hints(void)
+{
+    u_char             *p;
+    size_t              clen;
+    u_char              chan[NGX_INT64_LEN + 256];
+    u_char              payload[3 * NGX_INT64_LEN + 8];
+    ngx_collab_room_t  *room;
+
+    ngx_collab_redis_lost = 0;
+
+    for (room = ngx_collab_room_first(); room;
+         room = ngx_collab_room_next(room))
+    {
+        if (room->seq <= 0) {
+            continue;
+        }
+
+        clen = ngx_collab_redis_channel(chan, room->id);
+        p = ngx_sprintf(payload, "Q %uxL %L\n", ngx_collab_redis_origin,
+                        room->seq);
+
+        ngx_collab_redis_send(chan, clen, payload, p - payload);
     }
 }
 
@@ -971,6 +1084,18 @@ ngx_collab_redis_message(redisAsyncContext *ac, void *r, void *data)
     if (payload->len > 2 && (p[0] == 'P' || p[0] == 'S')) {
         if (ngx_collab_redis_presence_in(room, p, last) != NGX_OK) {
             goto invalid;
+        }
+
+        return;
+    }
+
+    if (payload->len > 2 && p[0] == 'Q') {
+        if (ngx_collab_redis_parse(p, last, &origin, &seq, &nl) != NGX_OK) {
+            goto invalid;
+        }
+
+        if (origin != ngx_collab_redis_origin && seq > room->seq) {
+            ngx_collab_room_resync(room);
         }
 
         return;
