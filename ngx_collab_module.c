@@ -32,6 +32,8 @@ static char *ngx_collab_echo(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_collab_websocket(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_collab_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_collab_jwt_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_collab_set_app(ngx_conf_t *cf, ngx_collab_loc_conf_t *clcf,
     const ngx_collab_ws_app_t *app);
 static char *ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -223,6 +225,41 @@ static ngx_command_t  ngx_collab_commands[] = {
       offsetof(ngx_collab_loc_conf_t, user_name),
       NULL },
 
+    { ngx_string("collab_jwt_secret_file"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_collab_jwt_secret_file,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_jwt_audience"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, jwt_audience),
+      NULL },
+
+    { ngx_string("collab_jwt_issuer"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, jwt_issuer),
+      NULL },
+
+    { ngx_string("collab_jwt_cookie"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, jwt_cookie),
+      NULL },
+
+    { ngx_string("collab_jwt_leeway"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_collab_loc_conf_t, jwt_leeway),
+      NULL },
+
     { ngx_string("collab_max_body_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -363,6 +400,10 @@ ngx_collab_create_loc_conf(ngx_conf_t *cf)
      *     conf->broadcast = 0;
      *     conf->user = NULL;
      *     conf->user_name = NULL;
+     *     conf->jwt_key = { 0, NULL };
+     *     conf->jwt_audience = { 0, NULL };
+     *     conf->jwt_issuer = { 0, NULL };
+     *     conf->jwt_cookie = { 0, NULL };
      */
 
     conf->max_message_size = NGX_CONF_UNSET_SIZE;
@@ -374,6 +415,7 @@ ngx_collab_create_loc_conf(ngx_conf_t *cf)
     conf->close_timeout = NGX_CONF_UNSET_MSEC;
     conf->allowed_origins = NGX_CONF_UNSET_PTR;
     conf->max_body_size = NGX_CONF_UNSET_SIZE;
+    conf->jwt_leeway = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -402,6 +444,12 @@ ngx_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              NULL);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
                               16 * 1024);
+
+    ngx_conf_merge_str_value(conf->jwt_key, prev->jwt_key, "");
+    ngx_conf_merge_str_value(conf->jwt_audience, prev->jwt_audience, "");
+    ngx_conf_merge_str_value(conf->jwt_issuer, prev->jwt_issuer, "");
+    ngx_conf_merge_str_value(conf->jwt_cookie, prev->jwt_cookie, "");
+    ngx_conf_merge_sec_value(conf->jwt_leeway, prev->jwt_leeway, 30);
 
     if (conf->user == NULL) {
         conf->user = prev->user;
@@ -486,6 +534,79 @@ ngx_collab_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     hclcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     hclcf->handler = ngx_collab_api_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* the key is the file's bytes, a trailing newline stripped */
+
+static char *
+ngx_collab_jwt_secret_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_loc_conf_t *clcf = conf;
+
+    u_char           *buf;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t        *value, name;
+    ngx_file_info_t   fi;
+
+    if (clcf->jwt_key.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    name = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > 4096)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" is not a file of at most 4096 bytes",
+                           &name);
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    buf = ngx_pnalloc(cf->pool, 4097);
+    if (buf == NULL) {
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_read_fd(fd, buf, 4096);
+
+    (void) ngx_close_file(fd);
+
+    if (n == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_read_fd_n " \"%V\" failed", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) {
+        n--;
+    }
+
+    if (n == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" is empty", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    clcf->jwt_key.data = buf;
+    clcf->jwt_key.len = n;
 
     return NGX_CONF_OK;
 }

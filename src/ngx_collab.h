@@ -50,6 +50,12 @@ typedef struct {
     ngx_http_complex_value_t   *user;
     ngx_http_complex_value_t   *user_name;
     size_t                      max_body_size;
+
+    ngx_str_t                   jwt_key;       /* collab_jwt_secret_file */
+    ngx_str_t                   jwt_audience;  /* NUL-terminated */
+    ngx_str_t                   jwt_issuer;
+    ngx_str_t                   jwt_cookie;
+    time_t                      jwt_leeway;
 } ngx_collab_loc_conf_t;
 
 

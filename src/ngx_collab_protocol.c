@@ -43,6 +43,7 @@
 #include "ngx_collab_protocol.h"
 #include "ngx_collab_access.h"
 #include "ngx_collab_api.h"
+#include "ngx_collab_jwt.h"
 
 
 #define NGX_COLLAB_SINCE_PAGE     200
@@ -70,6 +71,8 @@ static void ngx_collab_protocol_message(ngx_collab_ws_t *ws,
 static void ngx_collab_protocol_close(ngx_collab_ws_t *ws);
 
 static ngx_uint_t ngx_collab_utf8_valid(ngx_str_t *s);
+static ngx_int_t ngx_collab_token(ngx_http_request_t *r,
+    ngx_collab_loc_conf_t *cf, ngx_collab_jwt_t *jwt);
 static void ngx_collab_resolve(ngx_collab_conn_t *conn);
 static void ngx_collab_resolve_done(ngx_collab_pg_query_t *q, PGresult *res);
 static void ngx_collab_resolved(ngx_collab_conn_t *conn);
@@ -158,8 +161,29 @@ ngx_int_t
 ngx_collab_conn_create(ngx_http_request_t *r, ngx_collab_loc_conf_t *cf,
     ngx_pool_t *pool, ngx_collab_conn_t **connp)
 {
+    time_t              expires;
+    ngx_int_t           rc;
     ngx_str_t           user, name;
+    ngx_collab_jwt_t    jwt;
     ngx_collab_conn_t  *conn;
+
+    expires = 0;
+
+    if (cf->jwt_key.len) {
+        rc = ngx_collab_token(r, cf, &jwt);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        user.data = jwt.sub;
+        user.len = jwt.sub_len;
+        name.data = jwt.name;
+        name.len = jwt.name_len;
+        expires = jwt.has_exp ? (time_t) jwt.exp : 0;
+
+        goto identified;
+    }
 
     if (cf->user == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -188,6 +212,8 @@ ngx_collab_conn_create(ngx_http_request_t *r, ngx_collab_loc_conf_t *cf,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+identified:
+
     if (name.len > 256 || !ngx_collab_utf8_valid(&name)) {
         name.len = 0;
     }
@@ -213,7 +239,74 @@ ngx_collab_conn_create(ngx_http_request_t *r, ngx_collab_loc_conf_t *cf,
     ngx_queue_init(&conn->requests);
     ngx_queue_init(&conn->sends);
 
+    conn->expires = expires;
+
     *connp = conn;
+
+    return NGX_OK;
+}
+
+
+/*
+ * collab_jwt_secret_file: the HS256 token from "Authorization: Bearer",
+ * the collab_jwt_cookie cookie, or the access_token argument, verified.
+ */
+
+static ngx_int_t
+ngx_collab_token(ngx_http_request_t *r, ngx_collab_loc_conf_t *cf,
+    ngx_collab_jwt_t *jwt)
+{
+    int                     rc;
+    ngx_str_t               token;
+    ngx_uint_t              level;
+    ngx_collab_jwt_conf_t   jcf;
+
+    ngx_str_null(&token);
+
+    if (r->headers_in.authorization
+        && r->headers_in.authorization->value.len > 7
+        && ngx_strncasecmp(r->headers_in.authorization->value.data,
+                           (u_char *) "Bearer ", 7) == 0)
+    {
+        token.data = r->headers_in.authorization->value.data + 7;
+        token.len = r->headers_in.authorization->value.len - 7;
+
+    } else if (cf->jwt_cookie.len
+               && ngx_http_parse_multi_header_lines(&r->headers_in.cookies,
+                                                    &cf->jwt_cookie, &token)
+                  != NGX_DECLINED)
+    {
+        /* void */
+
+    } else if (ngx_http_arg(r, (u_char *) "access_token", 12, &token)
+               != NGX_OK)
+    {
+        ngx_str_null(&token);
+    }
+
+    if (token.len == 0) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: no token, refusing the request");
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    jcf.key = cf->jwt_key.data;
+    jcf.key_len = cf->jwt_key.len;
+    jcf.audience = cf->jwt_audience.len ? (char *) cf->jwt_audience.data
+                                        : NULL;
+    jcf.issuer = cf->jwt_issuer.len ? (char *) cf->jwt_issuer.data : NULL;
+    jcf.now = ngx_time();
+    jcf.leeway = cf->jwt_leeway;
+
+    rc = ngx_collab_jwt_verify(&jcf, token.data, token.len, jwt);
+
+    if (rc != NGX_COLLAB_JWT_OK) {
+        level = (rc == NGX_COLLAB_JWT_ERROR) ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+        ngx_log_error(level, r->connection->log, 0,
+                      "collab: token refused: %s", jwt->error);
+        return NGX_HTTP_UNAUTHORIZED;
+    }
 
     return NGX_OK;
 }
@@ -235,6 +328,15 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
 
     conn->ws = ws;
     ws->data = conn;
+
+    /* a token that expires closes the WebSocket with 4001 then */
+
+    if (conn->expires) {
+        ws->expires = ngx_current_msec
+                      + (ngx_msec_t) ngx_max(conn->expires - ngx_time(), 0)
+                        * 1000;
+        ws->expires += (ws->expires == 0);
+    }
 
     return NGX_OK;
 }

@@ -45,6 +45,7 @@ struct ngx_collab_conn_s {
 
     json_t                     *deferred;      /* requests before user_id */
     void                       *api;           /* an HTTP API request's */
+    time_t                      expires;       /* the token's, 0: none */
     unsigned                    resolving:1;
 };
 

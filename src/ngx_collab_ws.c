@@ -1029,6 +1029,13 @@ ngx_collab_ws_timer(ngx_collab_ws_t *ws)
         return;
     }
 
+    if (ws->expires && (ngx_msec_int_t) (now - ws->expires) >= 0) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "collab: the client's token expired");
+        ngx_collab_ws_close(ws, 4001, "token expired");
+        return;
+    }
+
     if (ws->ping_pending
         && (ngx_msec_int_t) (now - ws->ping_sent - cf->ping_timeout) >= 0)
     {
@@ -1116,6 +1123,15 @@ ngx_collab_ws_arm_timer(ngx_collab_ws_t *ws)
 
     if (cf->idle_timeout) {
         t = (ngx_msec_int_t) (ws->last_message + cf->idle_timeout - now);
+
+        if (!set || t < next) {
+            next = t;
+            set = 1;
+        }
+    }
+
+    if (ws->expires) {
+        t = (ngx_msec_int_t) (ws->expires - now);
 
         if (!set || t < next) {
             next = t;

@@ -83,6 +83,7 @@ struct ngx_collab_ws_s {
     size_t                      out_sent;      /* of out->msg */
     size_t                      out_bytes;     /* queued, not yet sent */
 
+    ngx_msec_t                  expires;       /* closed with 4001 then */
     ngx_msec_t                  last_rx;
     ngx_msec_t                  last_message;
     ngx_msec_t                  ping_sent;
