@@ -41,6 +41,18 @@ static char *ngx_collab_allowed_origins(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_collab_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_collab_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_collab_ai_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_collab_ai_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
+static ngx_conf_enum_t  ngx_collab_ai_triggers[] = {
+    { ngx_string("off"), NGX_COLLAB_AI_OFF },
+    { ngx_string("mention"), NGX_COLLAB_AI_MENTION },
+    { ngx_string("always"), NGX_COLLAB_AI_ALWAYS },
+    { ngx_null_string, 0 }
+};
 static char *ngx_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_collab_init_process(ngx_cycle_t *cycle);
 static void ngx_collab_exit_process(ngx_cycle_t *cycle);
@@ -151,6 +163,69 @@ static ngx_command_t  ngx_collab_commands[] = {
       ngx_collab_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("collab_ai_endpoint"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_collab_ai_endpoint,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_ai_key_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_collab_ai_key_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_ai_model"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, ai.model),
+      NULL },
+
+    { ngx_string("collab_ai_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, ai.timeout),
+      NULL },
+
+    { ngx_string("collab_ai_max_tokens"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, ai.max_tokens),
+      NULL },
+
+    { ngx_string("collab_ai_context"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, ai.context),
+      NULL },
+
+    { ngx_string("collab_ai_concurrency"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, ai.concurrency),
+      NULL },
+
+    { ngx_string("collab_ai_trigger"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, ai.trigger),
+      &ngx_collab_ai_triggers },
+
+    { ngx_string("collab_rate_ai"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_collab_presence_rate,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, presence.rates[NGX_COLLAB_RATE_AI]),
       NULL },
 
     { ngx_string("collab_zone"),
@@ -328,6 +403,13 @@ ngx_collab_create_main_conf(ngx_conf_t *cf)
     cmcf->presence.batch = NGX_CONF_UNSET_MSEC;
     cmcf->presence.rates[0].rate = NGX_CONF_UNSET_UINT;
     cmcf->presence.rates[1].rate = NGX_CONF_UNSET_UINT;
+    cmcf->presence.rates[2].rate = NGX_CONF_UNSET_UINT;
+
+    cmcf->ai.timeout = NGX_CONF_UNSET_MSEC;
+    cmcf->ai.max_tokens = NGX_CONF_UNSET_UINT;
+    cmcf->ai.context = NGX_CONF_UNSET_UINT;
+    cmcf->ai.concurrency = NGX_CONF_UNSET_UINT;
+    cmcf->ai.trigger = NGX_CONF_UNSET_UINT;
 
     return cmcf;
 }
@@ -363,6 +445,33 @@ ngx_collab_init_main_conf(ngx_conf_t *cf, void *conf)
     if (cmcf->presence.rates[1].rate == NGX_CONF_UNSET_UINT) {
         cmcf->presence.rates[1].rate = 20000;
         cmcf->presence.rates[1].burst = 40000;
+    }
+
+    /* 10r/m burst=3 */
+
+    if (cmcf->presence.rates[2].rate == NGX_CONF_UNSET_UINT) {
+        cmcf->presence.rates[2].rate = 166;
+        cmcf->presence.rates[2].burst = 3000;
+    }
+
+    ngx_conf_init_msec_value(cmcf->ai.timeout, 60000);
+    ngx_conf_init_uint_value(cmcf->ai.max_tokens, 512);
+    ngx_conf_init_uint_value(cmcf->ai.context, 20);
+    ngx_conf_init_uint_value(cmcf->ai.concurrency, 4);
+    ngx_conf_init_uint_value(cmcf->ai.trigger, NGX_COLLAB_AI_MENTION);
+
+    if (cmcf->ai.model.len == 0) {
+        ngx_str_set(&cmcf->ai.model, "openai/gpt-4o-mini");
+    }
+
+    if (cmcf->ai.context == 0 || cmcf->ai.context > 200
+        || cmcf->ai.concurrency == 0 || cmcf->ai.max_tokens == 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_ai_context\" must be 1..200, "
+                           "\"collab_ai_concurrency\" and "
+                           "\"collab_ai_max_tokens\" at least 1");
+        return NGX_CONF_ERROR;
     }
 
     if (cmcf->presence.batch == 0 || cmcf->presence.presence_timeout < 2000)
@@ -712,6 +821,101 @@ ngx_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static char *
+ngx_collab_ai_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_main_conf_t *cmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (cmcf->ai.endpoint.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "http://", 7) != 0
+        && ngx_strncmp(value[1].data, "https://", 8) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid AI endpoint \"%V\", expected an "
+                           "http:// or https:// base URL", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    cmcf->ai.endpoint = value[1];
+
+    while (cmcf->ai.endpoint.len
+           && cmcf->ai.endpoint.data[cmcf->ai.endpoint.len - 1] == '/')
+    {
+        cmcf->ai.endpoint.len--;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* the API key: the file's first line; never logged */
+
+static char *
+ngx_collab_ai_key_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_collab_main_conf_t *cmcf = conf;
+
+    u_char     *p, *last;
+    ssize_t     n;
+    ngx_fd_t    fd;
+    ngx_str_t  *value, name;
+
+    if (cmcf->ai.key.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    name = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, 1024);
+    if (p == NULL) {
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_read_fd(fd, p, 1024);
+
+    (void) ngx_close_file(fd);
+
+    if (n <= 0 || n == 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must hold a key of 1 to 1023 bytes",
+                           &name);
+        return NGX_CONF_ERROR;
+    }
+
+    last = ngx_strlchr(p, p + n, '\n');
+    n = (last ? last : p + n) - p;
+
+    while (n && (p[n - 1] == '\r' || p[n - 1] == ' ')) {
+        n--;
+    }
+
+    cmcf->ai.key.data = p;
+    cmcf->ai.key.len = n;
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_collab_init_process(ngx_cycle_t *cycle)
 {
@@ -731,6 +935,10 @@ ngx_collab_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_collab_presence_events_init(cmcf->presence.batch, cycle->log);
+
+    if (ngx_collab_ai_init_process(cycle, &cmcf->ai) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     if (cmcf->redis.host.data) {
         if (ngx_collab_redis_init_process(cycle, &cmcf->redis) != NGX_OK) {
@@ -762,6 +970,7 @@ ngx_collab_init_process(ngx_cycle_t *cycle)
 static void
 ngx_collab_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_collab_ai_exit_process(cycle);
     ngx_collab_redis_exit_process(cycle);
     ngx_collab_pg_exit_process(cycle);
     ngx_collab_presence_exit_process(cycle);

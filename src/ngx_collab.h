@@ -16,6 +16,7 @@
 #include "ngx_collab_pg.h"
 #include "ngx_collab_presence.h"
 #include "ngx_collab_redis.h"
+#include "ngx_collab_ai.h"
 
 
 typedef struct ngx_collab_ws_s      ngx_collab_ws_t;
@@ -26,6 +27,7 @@ typedef struct {
     ngx_collab_pg_conf_t        pg;           /* pg.conninfo.data: set */
     ngx_collab_presence_conf_t  presence;     /* presence.shm_zone: set */
     ngx_collab_redis_conf_t     redis;        /* redis.host.data: set */
+    ngx_collab_ai_conf_t        ai;           /* ai.endpoint.len: set */
     ngx_msec_t                  batch_window;
     ngx_uint_t                  batch_size;
     ngx_uint_t                  join_history;

@@ -943,7 +943,7 @@ ngx_collab_presence_limit(int64_t user, ngx_uint_t kind)
         return 0;
     }
 
-    key = (ngx_rbtree_key_t) user * 2 + kind;
+    key = (ngx_rbtree_key_t) user * 4 + kind;
     now = ngx_current_msec;
     b = NULL;
 

@@ -20,6 +20,7 @@
 
 #define NGX_COLLAB_RATE_PRESENCE  0
 #define NGX_COLLAB_RATE_MESSAGES  1
+#define NGX_COLLAB_RATE_AI        2
 
 
 typedef struct {
@@ -34,7 +35,7 @@ typedef struct {
     ngx_msec_t                  grace;
     ngx_msec_t                  typing_timeout;
     ngx_msec_t                  batch;
-    ngx_collab_rate_t           rates[2];
+    ngx_collab_rate_t           rates[3];
 } ngx_collab_presence_conf_t;
 
 

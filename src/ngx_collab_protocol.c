@@ -44,6 +44,7 @@
 #include "ngx_collab_access.h"
 #include "ngx_collab_api.h"
 #include "ngx_collab_jwt.h"
+#include "ngx_collab_ai.h"
 
 
 #define NGX_COLLAB_SINCE_PAGE     200
@@ -108,6 +109,8 @@ static void ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req,
     json_t *ref);
 static ngx_int_t ngx_collab_limited(ngx_collab_conn_t *conn, json_t *ref,
     ngx_uint_t kind);
+static void ngx_collab_op_ai_cancel(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref);
 
 static json_t *ngx_collab_messages(PGresult *res, int first, int last,
     int64_t *max_seq);
@@ -144,6 +147,7 @@ static ngx_collab_op_t  ngx_collab_ops[] = {
     { "remove", ngx_collab_op_remove, 1 },
     { "update", ngx_collab_op_update, 1 },
     { "delete", ngx_collab_op_delete, 1 },
+    { "ai_cancel", ngx_collab_op_ai_cancel, 1 },
     { "_access", ngx_collab_api_access, 1 },   /* the HTTP API's only */
     { NULL, NULL, 0 }
 };
@@ -1626,6 +1630,43 @@ ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     {
         ngx_collab_redis_presence(m->room, conn->user_id);
     }
+}
+
+
+/* stops the session's AI reply (on the worker making it) */
+
+static void
+ngx_collab_op_ai_cancel(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
+{
+    ngx_str_t             slug;
+    ngx_collab_member_t  *m;
+
+    if (ngx_collab_slug(req, &slug) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"session\" must be a session id");
+        return;
+    }
+
+    m = ngx_collab_member_find(conn, &slug);
+
+    if (m == NULL) {
+        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
+                                  "join the session first");
+        return;
+    }
+
+    if (ngx_collab_ai_cancel(m->room) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "NOT_FOUND", ref,
+                                  "no reply of the assistant is being "
+                                  "made here");
+        return;
+    }
+
+    ngx_collab_protocol_reply(conn, json_pack("{s:s,s:O?,s:s%}",
+                                              "op", "ai_cancelled",
+                                              "ref", ref,
+                                              "session", slug.data,
+                                              slug.len));
 }
 
 

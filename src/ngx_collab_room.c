@@ -146,7 +146,7 @@ ngx_collab_room_release(ngx_collab_room_t *room)
     ngx_uint_t  i;
 
     if (room->nmembers || room->npending || room->inflight || room->queued
-        || room->resyncing)
+        || room->resyncing || room->ai)
     {
         return;
     }

@@ -63,6 +63,8 @@ struct ngx_collab_room_s {
     unsigned                    resyncing:1;
     unsigned                    resync_again:1;
 
+    void                       *ai;            /* a reply being made */
+
     u_char                      data[1];       /* the slug */
 };
 

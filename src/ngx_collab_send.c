@@ -37,6 +37,7 @@
 #include "ngx_collab_pg.h"
 #include "ngx_collab_store.h"
 #include "ngx_collab_redis.h"
+#include "ngx_collab_ai.h"
 #include "ngx_collab_send.h"
 
 
@@ -52,6 +53,8 @@ typedef struct {
 } ngx_collab_batch_t;
 
 
+static void ngx_collab_send_enqueue(ngx_collab_room_t *room,
+    ngx_collab_send_t *s);
 static void ngx_collab_send_timer_handler(ngx_event_t *ev);
 static void ngx_collab_send_flush(void);
 static void ngx_collab_send_batch(ngx_collab_room_t *room);
@@ -120,6 +123,8 @@ ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
     s->conn = conn;
     s->ref = ref ? json_incref(ref) : NULL;
     s->user_id = conn->user_id;
+    s->kind = "user";
+    ngx_str_null(&s->metadata);
 
     p = s->data;
 
@@ -139,11 +144,64 @@ ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
     s->body.len = body->len;
     ngx_memcpy(p, body->data, body->len);
 
-    ngx_queue_insert_tail(&room->pending, &s->queue);
-    room->npending++;
-
     ngx_queue_insert_tail(&conn->sends, &s->conn_link);
     conn->nsends++;
+
+    ngx_collab_send_enqueue(room, s);
+
+    return NGX_OK;
+}
+
+
+/*
+ * An AI participant's reply: no author, kind "ai", metadata; stored and
+ * delivered like any message, acked to nobody.
+ */
+
+ngx_int_t
+ngx_collab_send_ai(ngx_collab_room_t *room, ngx_str_t *body,
+    ngx_str_t *metadata, ngx_str_t *client_msg_id)
+{
+    u_char             *p;
+    ngx_collab_send_t  *s;
+
+    s = ngx_alloc(offsetof(ngx_collab_send_t, data) + body->len
+                  + metadata->len + client_msg_id->len + 2,
+                  ngx_collab_send_log);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(s, offsetof(ngx_collab_send_t, data));
+
+    s->kind = "ai";
+    ngx_str_set(&s->user_name, "AI");
+
+    p = s->data;
+
+    s->body.data = p;
+    s->body.len = body->len;
+    p = ngx_cpymem(p, body->data, body->len);
+
+    s->metadata.data = p;
+    s->metadata.len = metadata->len;
+    p = ngx_cpymem(p, metadata->data, metadata->len);
+
+    s->client_msg_id.data = p;
+    s->client_msg_id.len = client_msg_id->len;
+    ngx_memcpy(p, client_msg_id->data, client_msg_id->len);
+
+    ngx_collab_send_enqueue(room, s);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_collab_send_enqueue(ngx_collab_room_t *room, ngx_collab_send_t *s)
+{
+    ngx_queue_insert_tail(&room->pending, &s->queue);
+    room->npending++;
 
     ngx_collab_send_waiting++;
 
@@ -166,8 +224,6 @@ ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
     } else if (!ngx_collab_send_timer.timer_set) {
         ngx_add_timer(&ngx_collab_send_timer, ngx_collab_send_window);
     }
-
-    return NGX_OK;
 }
 
 
@@ -279,7 +335,8 @@ ngx_collab_send_query(ngx_collab_batch_t *batch)
          q = ngx_queue_next(q))
     {
         s = ngx_queue_data(q, ngx_collab_send_t, queue);
-        size += 2 * (s->body.len + s->client_msg_id.len) + 2 * 3;
+        size += 2 * (s->body.len + s->client_msg_id.len + s->metadata.len)
+                + 3 * 3;
     }
 
     query = ngx_collab_pg_query_create(ngx_collab_sql_append_batch, 6, size);
@@ -299,7 +356,13 @@ ngx_collab_send_query(ngx_collab_batch_t *batch)
          q = ngx_queue_next(q))
     {
         s = ngx_queue_data(q, ngx_collab_send_t, queue);
-        p = ngx_sprintf(p, "%L,", s->user_id);
+
+        if (s->user_id) {
+            p = ngx_sprintf(p, "%L,", s->user_id);
+
+        } else {
+            p = ngx_cpymem(p, "NULL,", 5);
+        }
     }
 
     p[-1] = '}';
@@ -312,7 +375,8 @@ ngx_collab_send_query(ngx_collab_batch_t *batch)
          q != ngx_queue_sentinel(&batch->sends);
          q = ngx_queue_next(q))
     {
-        p = ngx_cpymem(p, "user,", 5);
+        s = ngx_queue_data(q, ngx_collab_send_t, queue);
+        p = ngx_sprintf(p, "%s,", s->kind);
     }
 
     p[-1] = '}';
@@ -355,7 +419,15 @@ ngx_collab_send_query(ngx_collab_batch_t *batch)
          q != ngx_queue_sentinel(&batch->sends);
          q = ngx_queue_next(q))
     {
-        p = ngx_cpymem(p, "NULL,", 5);
+        s = ngx_queue_data(q, ngx_collab_send_t, queue);
+
+        if (s->metadata.len) {
+            p = ngx_collab_send_quote(p, &s->metadata);
+            *p++ = ',';
+
+        } else {
+            p = ngx_cpymem(p, "NULL,", 5);
+        }
     }
 
     p[-1] = '}';
@@ -484,21 +556,30 @@ ngx_collab_send_ack(ngx_collab_batch_t *batch, ngx_collab_send_t *s,
     }
 
     if (created) {
-        event = json_pack("{s:s,s:s%,s:I,s:s%,s:o,s:s,s:s%,s:s%,s:O}",
+        event = json_pack("{s:s,s:s%,s:I,s:o,s:o,s:s,s:s%,s:s%,s:O}",
                           "op", "message",
                           "session", room->slug.data, room->slug.len,
                           "seq", (json_int_t) seq,
-                          "user", s->user.data, s->user.len,
+                          "user", s->user.len
+                                  ? json_stringn((char *) s->user.data,
+                                                 s->user.len)
+                                  : json_null(),
                           "userName", s->user_name.len
                                       ? json_stringn((char *)
                                                      s->user_name.data,
                                                      s->user_name.len)
                                       : json_null(),
-                          "kind", "user",
+                          "kind", s->kind,
                           "body", s->body.data, s->body.len,
                           "clientMsgId", s->client_msg_id.data,
                           s->client_msg_id.len,
                           "createdAt", created_at);
+
+        if (event && s->metadata.len) {
+            json_object_set_new(event, "metadata",
+                                json_loadb((char *) s->metadata.data,
+                                           s->metadata.len, 0, NULL));
+        }
 
         if (event) {
             msg = ngx_collab_protocol_encode(event, ngx_collab_send_log);
@@ -511,6 +592,12 @@ ngx_collab_send_ack(ngx_collab_batch_t *batch, ngx_collab_send_t *s,
                 ngx_collab_room_publish(room, seq, msg);
                 ngx_collab_ws_msg_release(msg);
             }
+        }
+
+        /* a question to the assistant: the worker that stored it asks */
+
+        if (s->user_id) {
+            ngx_collab_ai_trigger(room, seq, s->user_id, &s->body);
         }
     }
 

@@ -27,6 +27,8 @@ typedef struct {
     ngx_str_t                   user_name;
     ngx_str_t                   client_msg_id;
     ngx_str_t                   body;
+    ngx_str_t                   metadata;      /* JSON text, or empty */
+    const char                 *kind;          /* "user" or "ai" */
     u_char                      data[1];
 } ngx_collab_send_t;
 
@@ -35,6 +37,8 @@ void ngx_collab_send_init(ngx_collab_main_conf_t *cmcf, ngx_log_t *log);
 ngx_int_t ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
     json_t *ref, ngx_str_t *body, ngx_str_t *client_msg_id);
 void ngx_collab_send_detach(ngx_collab_conn_t *conn);
+ngx_int_t ngx_collab_send_ai(ngx_collab_room_t *room, ngx_str_t *body,
+    ngx_str_t *metadata, ngx_str_t *client_msg_id);
 
 
 #endif /* _NGX_COLLAB_SEND_H_INCLUDED_ */
