@@ -68,6 +68,7 @@ static void ngx_collab_api_read_done(ngx_collab_pg_query_t *q,
 static ngx_int_t ngx_collab_api_arg(ngx_http_request_t *r, char *name,
     int64_t min, int64_t max, int64_t *value);
 static ngx_int_t ngx_collab_api_segment(ngx_str_t *path, ngx_str_t *seg);
+static size_t ngx_collab_api_chars(json_t *s);
 
 
 static struct {
@@ -143,6 +144,10 @@ ngx_collab_api_handler(ngx_http_request_t *r)
             || ngx_strncasecmp(type->data, (u_char *) "application/json",
                                sizeof("application/json") - 1) != 0)
         {
+            if (ngx_http_discard_request_body(r) != NGX_OK) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
             return ngx_collab_api_fail(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
                                        "BAD_REQUEST",
                                        "the body must be application/json");
@@ -169,7 +174,7 @@ ngx_collab_api_handler(ngx_http_request_t *r)
 
     rc = ngx_collab_api_route(api, NULL);
 
-    if (rc != NGX_OK) {
+    if (rc != NGX_DONE) {
         ngx_http_finalize_request(r, rc);
     }
 
@@ -180,31 +185,51 @@ ngx_collab_api_handler(ngx_http_request_t *r)
 static void
 ngx_collab_api_body(ngx_http_request_t *r)
 {
+    u_char            *p, *last;
+    off_t              len;
     json_t            *body;
     ngx_int_t          rc;
     ngx_buf_t         *b;
+    ngx_chain_t       *cl;
     ngx_collab_api_t  *api;
 
     api = ngx_http_get_module_ctx(r, ngx_collab_module);
 
     body = NULL;
 
-    if (r->request_body == NULL || r->request_body->temp_file
-        || r->request_body->bufs == NULL
-        || r->request_body->bufs->next)
-    {
-        if (r->request_body && r->request_body->temp_file) {
-            ngx_http_finalize_request(r,
-                ngx_collab_api_fail(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                    "TOO_LARGE", "the body is too large "
-                                    "(client_body_buffer_size)"));
+    if (r->request_body && r->request_body->temp_file) {
+        ngx_http_finalize_request(r,
+            ngx_collab_api_fail(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                "TOO_LARGE", "the body is too large "
+                                "(client_body_buffer_size)"));
+        return;
+    }
+
+    if (r->request_body && r->request_body->bufs) {
+
+        /* the body may come in two buffers: the header's and its own */
+
+        len = 0;
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            len += ngx_buf_size(cl->buf);
+        }
+
+        p = ngx_pnalloc(r->pool, len + 1);
+        if (p == NULL) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
             return;
         }
 
-    } else {
-        b = r->request_body->bufs->buf;
-        body = json_loadb((char *) b->pos, b->last - b->pos,
-                          JSON_REJECT_DUPLICATES, NULL);
+        last = p;
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            b = cl->buf;
+            last = ngx_cpymem(last, b->pos, b->last - b->pos);
+        }
+
+        body = json_loadb((char *) p, last - p, JSON_REJECT_DUPLICATES,
+                          NULL);
     }
 
     if (body == NULL || !json_is_object(body)) {
@@ -219,20 +244,21 @@ ngx_collab_api_body(ngx_http_request_t *r)
 
     json_decref(body);
 
-    if (rc != NGX_OK) {
+    if (rc != NGX_DONE) {
         ngx_http_finalize_request(r, rc);
     }
 }
 
 
 /*
- * The request as a collab.v1 op.  NGX_OK: the op runs and will reply;
- * otherwise the response to finalize with.
+ * The request as a collab.v1 op.  NGX_DONE: the op runs and will reply;
+ * otherwise what to finalize the request with.
  */
 
 static ngx_int_t
 ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
 {
+    u_char              *p;
     int64_t              n;
     json_t              *req;
     ngx_str_t            path, a, b, c, d;
@@ -264,7 +290,12 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
     (void) ngx_collab_api_segment(&path, &c);
     (void) ngx_collab_api_segment(&path, &d);
 
-    if (path.len || a.len == 0) {
+    /* a participant's id may hold an escaped "/": see below */
+
+    if (a.len == 0
+        || (path.len
+            && !(c.len == 12 && ngx_strncmp(c.data, "participants", 12) == 0)))
+    {
         goto not_found;
     }
 
@@ -392,6 +423,26 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
     if (c.len == 12 && ngx_strncmp(c.data, "participants", 12) == 0
         && d.len && m == NGX_HTTP_DELETE)
     {
+        /*
+         * r->uri is decoded already, "/" and "%" included: the user id is
+         * taken from the raw URI's last segment and decoded once
+         */
+
+        a = r->unparsed_uri;
+
+        for (p = a.data; p < a.data + a.len && *p != '?'; p++) {
+            /* void */
+        }
+
+        a.len = p - a.data;
+
+        while (p > a.data && p[-1] != '/') {
+            p--;
+        }
+
+        d.data = p;
+        d.len = a.data + a.len - p;
+
         a.data = ngx_pnalloc(r->pool, d.len);
         if (a.data == NULL) {
             json_decref(req);
@@ -425,7 +476,7 @@ dispatch:
 
     ngx_collab_protocol_dispatch(api->conn, req);
 
-    return NGX_OK;
+    return NGX_DONE;
 }
 
 
@@ -641,12 +692,19 @@ ngx_collab_api_access_done(ngx_collab_pg_query_t *q, PGresult *res)
             }
 
         } else {
+            rc = ngx_collab_api_arg(api->r, "before", 1, INT64_MAX, &n);
+
+            if (rc == NGX_ERROR) {
+                ngx_collab_protocol_error(conn, "BAD_REQUEST", NULL,
+                                          "\"before\" must be a positive "
+                                          "integer");
+                break;
+            }
+
             rq = ngx_collab_pg_query_create(ngx_collab_sql_history_before, 3,
                                             3 * NGX_INT64_LEN);
             if (rq) {
-                if (ngx_collab_api_arg(api->r, "before", 1, INT64_MAX, &n)
-                    == NGX_OK)
-                {
+                if (rc == NGX_OK) {
                     (void) ngx_collab_pg_param_int(rq, 1, n);
 
                 } else {
@@ -681,12 +739,14 @@ ngx_collab_api_access_done(ngx_collab_pg_query_t *q, PGresult *res)
         cmid = json_object_get(api->req, "clientMsgId");
 
         if (!json_is_string(body) || json_string_length(body) == 0
-            || !json_is_string(cmid) || json_string_length(cmid) == 0
-            || json_string_length(cmid) > 512)
+            || !json_is_string(cmid)
+            || ngx_collab_api_chars(cmid) == 0
+            || ngx_collab_api_chars(cmid) > 128)
         {
             ngx_collab_protocol_error(conn, "BAD_REQUEST", NULL,
-                                      "\"body\" and \"clientMsgId\" must "
-                                      "be non-empty strings");
+                                      "\"body\" must be a non-empty string "
+                                      "and \"clientMsgId\" have 1 to 128 "
+                                      "characters");
             break;
         }
 
@@ -930,4 +990,25 @@ ngx_collab_api_segment(ngx_str_t *path, ngx_str_t *seg)
     path->data = p;
 
     return NGX_OK;
+}
+
+
+/* the characters (not bytes) of a JSON string */
+
+static size_t
+ngx_collab_api_chars(json_t *s)
+{
+    size_t       i, n, len;
+    const char  *p;
+
+    p = json_string_value(s);
+    len = json_string_length(s);
+
+    for (i = 0, n = 0; i < len; i++) {
+        if (((u_char) p[i] & 0xc0) != 0x80) {
+            n++;
+        }
+    }
+
+    return n;
 }

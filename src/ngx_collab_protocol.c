@@ -184,7 +184,16 @@ ngx_collab_conn_create(ngx_http_request_t *r, ngx_collab_loc_conf_t *cf,
         user.len = jwt.sub_len;
         name.data = jwt.name;
         name.len = jwt.name_len;
-        expires = jwt.has_exp ? (time_t) jwt.exp : 0;
+        expires = 0;
+
+        if (jwt.has_exp) {
+
+            /* far enough: the connection's timer looks a year ahead */
+
+            expires = (time_t) ngx_min(jwt.exp, (int64_t) ngx_time()
+                                                + 2 * 365 * 24 * 3600);
+            expires += (expires == 0);
+        }
 
         goto identified;
     }
@@ -244,6 +253,7 @@ identified:
     ngx_queue_init(&conn->sends);
 
     conn->expires = expires;
+    conn->pool = pool;
 
     *connp = conn;
 
@@ -319,6 +329,7 @@ ngx_collab_token(ngx_http_request_t *r, ngx_collab_loc_conf_t *cf,
 static ngx_int_t
 ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
 {
+    time_t              left;
     ngx_int_t           rc;
     ngx_collab_conn_t  *conn;
 
@@ -336,9 +347,13 @@ ngx_collab_protocol_upgrade(ngx_http_request_t *r, ngx_collab_ws_t *ws)
     /* a token that expires closes the WebSocket with 4001 then */
 
     if (conn->expires) {
-        ws->expires = ngx_current_msec
-                      + (ngx_msec_t) ngx_max(conn->expires - ngx_time(), 0)
-                        * 1000;
+        left = conn->expires + ws->conf->jwt_leeway - ngx_time();
+
+        /* at most a year ahead: exp may be any 64-bit number */
+
+        left = ngx_min(ngx_max(left, 0), 365 * 24 * 3600);
+
+        ws->expires = ngx_current_msec + (ngx_msec_t) left * 1000;
         ws->expires += (ws->expires == 0);
     }
 
@@ -628,6 +643,8 @@ ngx_collab_resolve(ngx_collab_conn_t *conn)
 static void
 ngx_collab_resolve_done(ngx_collab_pg_query_t *q, PGresult *res)
 {
+    int                 col;
+    u_char             *name;
     ngx_collab_req_t   *req;
     ngx_collab_conn_t  *conn;
 
@@ -645,6 +662,23 @@ ngx_collab_resolve_done(ngx_collab_pg_query_t *q, PGresult *res)
         == NGX_OK && PQntuples(res) == 1)
     {
         conn->user_id = ngx_collab_store_int(res, 0, "id");
+
+        /* no name from the site this time: the one stored before */
+
+        col = PQfnumber(res, "display_name");
+
+        if (conn->user_name.len == 0 && col >= 0
+            && !PQgetisnull(res, 0, col) && PQgetlength(res, 0, col) <= 256)
+        {
+            name = ngx_pnalloc(conn->pool, PQgetlength(res, 0, col));
+
+            if (name) {
+                conn->user_name.len = PQgetlength(res, 0, col);
+                conn->user_name.data = name;
+                ngx_memcpy(name, PQgetvalue(res, 0, col),
+                           conn->user_name.len);
+            }
+        }
     }
 
     ngx_collab_resolved(conn);

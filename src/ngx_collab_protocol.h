@@ -46,6 +46,7 @@ struct ngx_collab_conn_s {
     json_t                     *deferred;      /* requests before user_id */
     void                       *api;           /* an HTTP API request's */
     time_t                      expires;       /* the token's, 0: none */
+    ngx_pool_t                 *pool;          /* conn's, lives as long */
     unsigned                    resolving:1;
 };
 

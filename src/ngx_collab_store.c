@@ -42,13 +42,14 @@ const char  ngx_collab_sql_upsert_user[] =
     "  ON CONFLICT (external_id) DO UPDATE"
     "    SET display_name = coalesce(EXCLUDED.display_name,"
     "                                users.display_name)"
-    "  RETURNING id"
+    "  RETURNING id, display_name"
     "), renamed AS ("
     "  UPDATE users SET display_name = $2::text FROM found"
     "  WHERE users.id = found.id AND $2::text IS NOT NULL"
     "    AND found.display_name IS DISTINCT FROM $2::text"
     ") "
-    "SELECT id FROM created UNION ALL SELECT id FROM found";
+    "SELECT id, display_name FROM created "
+    "UNION ALL SELECT id, coalesce($2::text, display_name) FROM found";
 
 
 const char  ngx_collab_sql_create_session[] =
