@@ -317,9 +317,12 @@ fuzz:
 	    echo "fuzz: t/fuzz/Makefile does not exist yet"
 	fi
 
+# bench/run starts every system it compares (ngx_collab, Nchan, Socket.IO,
+# Node ws) on loopback and rewrites the generated block of
+# docs/BENCHMARKS.md; about 8 minutes
 bench: build
 	if [ -x bench/run ]; then
-	    bench/run
+	    WRITE=1 bench/run
 	else
 	    echo "bench: bench/run does not exist yet"
 	fi
