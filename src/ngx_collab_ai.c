@@ -301,6 +301,9 @@ ngx_collab_ai_context_done(ngx_collab_pg_query_t *q, PGresult *res)
     job = q->data;
 
     if (job->cancelled) {
+        /* cancelled before the provider was asked: nothing to store */
+        ngx_collab_ai_error(job->room, job->reply_to, "CANCELLED",
+                            "the reply was cancelled");
         ngx_collab_ai_free(job);
         return;
     }
@@ -630,12 +633,20 @@ ngx_collab_ai_finish(ngx_collab_ai_job_t *job, CURLcode rc)
         ngx_log_error(NGX_LOG_ERR, ngx_collab_ai_log, 0,
                       "collab: ai: %s", curl_easy_strerror(rc));
 
-        ngx_collab_ai_error(job->room, job->reply_to,
-                            rc == CURLE_OPERATION_TIMEDOUT ? "TIMEOUT"
-                                                           : "UNREACHABLE",
-                            rc == CURLE_OPERATION_TIMEDOUT
-                            ? "the AI provider did not answer in time"
-                            : "the AI provider could not be reached");
+        if (rc == CURLE_OPERATION_TIMEDOUT) {
+            ngx_collab_ai_error(job->room, job->reply_to, "TIMEOUT",
+                                "the AI provider did not answer in time");
+
+        } else if (status > 0) {
+            /* it answered, then the transfer broke off mid-stream */
+            ngx_collab_ai_error(job->room, job->reply_to, "MALFORMED",
+                                "the AI provider's stream ended early");
+
+        } else {
+            ngx_collab_ai_error(job->room, job->reply_to, "UNREACHABLE",
+                                "the AI provider could not be reached");
+        }
+
         goto done;
     }
 

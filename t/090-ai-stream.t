@@ -1,0 +1,548 @@
+#!/usr/bin/perl
+#
+# 090-ai-stream.t: the AI participant's streamed reply, shared live
+# (issue 9).
+#
+# A mock OpenAI-compatible provider (t/lib/Collab/MockAI.pm) streams a
+# canned reply slowly.  Two participants both receive every ai_delta (the
+# same indices and texts, whose concatenation is the stored body) and the
+# same final "message" event of kind "ai" with the next seq; history and
+# the table hold exactly one ai message per reply; the provider got the
+# key in Authorization and the session's history as roles, cut to
+# collab_ai_context.  A second "@ai" while one runs is BUSY; ai_cancel
+# mid-stream answers ai_cancelled and stores what arrived, marked
+# cancelled; the worker keeps answering another connection's pings while
+# a slow stream is in flight; the key is never in error.log nor in any
+# frame a client receives.
+#
+# Why: this is the feature's contract (docs/PROTOCOL.md, "AI
+# participant"); the database is the source of truth, so it is read with
+# DBI rather than trusted from the replies.
+
+use strict;
+use warnings;
+use utf8;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Mojo::JSON qw(decode_json);
+use Collab::Test;
+use Collab::MockAI;
+
+{
+# --- a collab.v1 client on the harness's raw WebSocket ----------------------
+#
+# (The same small client is in every t/03x-chat-*.t; it belongs in t/lib
+# once more tests need it.)  Frames from the server are parsed as they
+# arrive into an inbox of decoded JSON messages; take() removes the first
+# one a predicate accepts, waiting for more if needed, so replies and
+# events may arrive in any interleaving without being lost.
+
+package Chat;
+
+use strict;
+use warnings;
+
+use Carp qw(croak);
+use IO::Select;
+use Mojo::JSON qw(decode_json encode_json);
+use Time::HiRes qw(time);
+
+my $NREF = 0;
+
+# Chat->open($t, user => 'u1', name => 'Ann', port => ..., path => '/chat')
+sub open {
+    my ($class, $t, %o) = @_;
+    my %h = ('Sec-WebSocket-Protocol' => 'collab.v1');
+    $h{'X-User-Id'} = $o{user} if defined $o{user};
+    $h{'X-User-Name'} = $o{name} if defined $o{name};
+    $h{-port} = $o{port} if defined $o{port};
+    my $s = $t->ws_raw($o{path} // '/chat', %h);
+    my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
+                       frag => undef }, $class;
+    $self->_parse;
+    return $self;
+}
+
+sub user { $_[0]{user} }
+
+sub close {
+    my ($self) = @_;
+    CORE::close($self->{s}) if $self->{s};
+    $self->{eof} = 1;
+}
+
+sub send_text {
+    my ($self, $text, %frame) = @_;
+    return $self->{t}->ws_send($self->{s}, opcode => 1, payload => $text,
+                               %frame);
+}
+
+sub send {
+    my ($self, $req) = @_;
+    return $self->send_text(encode_json($req));
+}
+
+# parses every complete frame in the socket's buffer into the inbox
+sub _parse {
+    my ($self) = @_;
+    my $s = $self->{s};
+    my $buf = \${*$s}{collab_buf};
+    while (1) {
+        my $have = length $$buf;
+        last if $have < 2;
+        my ($b0, $b1) = unpack 'CC', $$buf;
+        my $len = $b1 & 0x7f;
+        my $off = 2;
+        if ($len == 126) {
+            last if $have < 4;
+            $len = unpack 'n', substr($$buf, 2, 2);
+            $off = 4;
+        } elsif ($len == 127) {
+            last if $have < 10;
+            $len = unpack 'Q>', substr($$buf, 2, 8);
+            $off = 10;
+        }
+        $self->{masked}++ if $b1 & 0x80;       # a server must not mask
+        $off += 4 if $b1 & 0x80;
+        last if $have < $off + $len;
+        my $payload = substr($$buf, $off, $len);
+        $self->{raw_log} .= $payload;
+        substr($$buf, 0, $off + $len, '');
+
+        my ($fin, $op) = ($b0 & 0x80, $b0 & 0x0f);
+        if ($op == 9) {
+            $self->{t}->ws_send($s, opcode => 10, payload => $payload);
+            next;
+        }
+        next if $op == 10;
+        if ($op == 8) {
+            $self->{close_code} = length $payload >= 2
+                ? unpack('n', $payload) : 0;
+            next;
+        }
+        if ($op == 0) {
+            $self->{frag} .= $payload;
+            next unless $fin;
+            $payload = delete $self->{frag};
+            $op = 1;
+        } elsif (!$fin) {
+            $self->{frag} = $payload;
+            next;
+        }
+        if ($op != 1) {
+            push @{ $self->{inbox} }, { op => "(opcode $op)" };
+            next;
+        }
+        my $msg = eval { decode_json($payload) }
+            // { op => '(not JSON)', raw => $payload };
+        $msg->{_raw} = $payload if $self->{keep_raw};
+        push @{ $self->{inbox} }, $msg;
+    }
+}
+
+# reads what the socket has (it was reported readable); false on EOF
+sub _read {
+    my ($self) = @_;
+    my $n = sysread($self->{s}, my $chunk, 1 << 18);
+    if (!defined $n) {
+        return 1 if $!{EINTR} || $!{EAGAIN};
+        $self->{eof} = 1;
+        return 0;
+    }
+    if ($n == 0) {
+        $self->{eof} = 1;
+        return 0;
+    }
+    ${*{ $self->{s} }}{collab_buf} .= $chunk;
+    $self->_parse;
+    return 1;
+}
+
+# Chat::pump($timeout, @clients): waits up to $timeout for any of them to
+# be readable and reads all that are; returns how many were
+sub pump {
+    my ($timeout, @c) = @_;
+    @c = grep { !$_->{eof} } @c;
+    return 0 unless @c;
+    my %by = map { fileno($_->{s}) => $_ } @c;
+    my @r = IO::Select->new(map { $_->{s} } @c)->can_read($timeout);
+    $by{ fileno $_ }->_read for @r;
+    return scalar @r;
+}
+
+# the first message the predicate ($_) accepts, removed from the inbox;
+# undef after $timeout seconds or at EOF
+sub take {
+    my ($self, $pred, $timeout) = @_;
+    my $end = time + ($timeout // 10);
+    while (1) {
+        my $in = $self->{inbox};
+        for my $i (0 .. $#$in) {
+            local $_ = $in->[$i];
+            return splice(@$in, $i, 1) if $pred->();
+        }
+        return undef if $self->{eof} || time >= $end;
+        pump($end - time, $self);
+    }
+}
+
+# sends the request with a fresh "ref" (unless it has one) and returns
+# the reply carrying that ref
+sub req {
+    my ($self, %r) = @_;
+    my $timeout = delete $r{-timeout} // 15;
+    $r{ref} //= 'r' . ++$NREF;
+    my $ref = $r{ref};
+    $self->send(\%r);
+    return $self->take(sub { defined $_->{ref} && $_->{ref} eq $ref },
+                       $timeout)
+        // { op => '(no reply)', ref => $ref };
+}
+
+# the next $n "message" events in arrival order (fewer on timeout)
+sub events {
+    my ($self, $n, $timeout) = @_;
+    my $end = time + ($timeout // 15);
+    my @ev;
+    while (@ev < $n) {
+        my $e = $self->take(sub { $_->{op} eq 'message' }, $end - time)
+            // last;
+        push @ev, $e;
+    }
+    return @ev;
+}
+
+# every message event that arrives within $wait seconds
+sub drain_events {
+    my ($self, $wait) = @_;
+    my @ev;
+    while (my $e = $self->take(sub { $_->{op} eq 'message' }, $wait)) {
+        push @ev, $e;
+    }
+    return @ev;
+}
+
+# the inbox minus what a test does not care about
+sub pending {
+    my ($self) = @_;
+    pump(0, $self);
+    return @{ $self->{inbox} };
+}
+
+
+}
+
+# --- shared by the t/09x-ai-*.t files ---------------------------------------
+
+my $KEY = 'sk-mock-' . join('', map { sprintf '%02x', int rand 256 } 1 .. 16);
+
+sub write_key {
+    my ($t) = @_;
+    open my $fh, '>', $t->dir . '/ai.key' or die $!;
+    print $fh "$KEY\n";
+    close $fh;
+}
+
+sub ai_conf {
+    my ($mock, %o) = @_;
+    my $extra = $o{extra} // '';
+    my $endpoint = $o{endpoint} // $mock->endpoint;
+    return <<"CONF";
+    collab_postgres "%%PG_DSN%%" pool=2 timeout=10s;
+    collab_batch_window 2ms;
+    collab_ai_endpoint   $endpoint;
+    collab_ai_key_file   %%TESTDIR%%/ai.key;
+    collab_ai_model      mock/model-1;
+    collab_ai_timeout    $o{timeout};
+    collab_ai_max_tokens 300;
+    collab_ai_context    5;
+$extra
+    server {
+        listen 127.0.0.1:%%PORT$o{port}%%;
+
+        location /chat {
+            collab_websocket;
+            collab_user \$http_x_user_id;
+            collab_user_name \$http_x_user_name;
+        }
+    }
+CONF
+}
+
+# the ai_delta events of the reply to $reply_to, in arrival order, and the
+# event that ended it: the "message" of kind ai, or an ai_error
+sub ai_reply {
+    my ($c, $reply_to, $timeout) = @_;
+    my (@d, $final);
+    my $end = time + ($timeout // 15);
+    while (time < $end) {
+        my $e = $c->take(sub {
+            my $r = $_->{op} eq 'message'
+                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
+                  ? $_->{metadata}{replyTo} : undef
+                : $_->{op} =~ /^ai_(?:delta|error)$/ ? $_->{replyTo}
+                : undef;
+            defined $r && $r == $reply_to;
+        }, $end - time) or last;
+        if ($e->{op} eq 'ai_delta') {
+            push @d, $e;
+            next;
+        }
+        $final = $e;
+        last;
+    }
+    return (\@d, $final // { op => '(nothing)' });
+}
+
+sub texts { join '', map { $_->{text} } @{ $_[0] } }
+
+# the user's message; returns its seq (or dies: nothing else makes sense)
+sub say_ {
+    my ($c, $slug, $body) = @_;
+    my $r = $c->req(op => 'send', session => $slug, body => $body,
+                    clientMsgId => 'm' . int(rand 1e9));
+    $r->{op} eq 'ack' or die "send '$body': " . explain($r);
+    return $r->{seq};
+}
+
+sub no_key_anywhere {
+    my ($t, @clients) = @_;
+    my $log = $t->error_log;
+    ok(index($log, $KEY) < 0, 'the key is not in error.log');
+    my $frames = join '', map { $_->{raw_log} // '' } @clients;
+    ok(length $frames, 'frames were received');
+    ok(index($frames, $KEY) < 0, 'nor in any frame a client received');
+    my $k = substr $KEY, 8, 12;
+    ok(index($log, $k) < 0 && index($frames, $k) < 0,
+       'not even a part of it');
+}
+
+my $t = Collab::Test->new;
+$t->start_pg;
+write_key($t);
+
+my $mock = Collab::MockAI->start(dir => $t->dir);
+
+$t->start_nginx(ai_conf($mock, timeout => '4s', port => ''));
+
+my $dbh = $t->pg_dbh;
+
+my $ann = Chat->open($t, user => 'ann', name => 'Ann');
+my $bob = Chat->open($t, user => 'bob', name => 'Bob');
+my $cat = Chat->open($t, user => 'cat', name => 'Cat');
+
+my $r = $ann->req(op => 'create', title => 'ai', isPublic => \1);
+is($r->{op}, 'created', 'a session') or diag(explain($r));
+my $slug = $r->{session}{id};
+my $sid = $dbh->selectrow_array(
+    'SELECT id FROM chat_sessions WHERE slug = ?', undef, $slug);
+
+is($_->req(op => 'join', session => $slug)->{op}, 'joined',
+   $_->user . ' joins') for $ann, $bob;
+
+$r = $cat->req(op => 'create', title => 'elsewhere');
+my $other = $r->{session}{id};
+is($cat->req(op => 'join', session => $other)->{op}, 'joined',
+   'cat is in another session');
+
+sub ai_rows {
+    return $dbh->selectall_arrayref(
+        "SELECT seq, body, metadata::text, user_id, client_msg_id
+         FROM chat_messages WHERE session_id = ? AND kind = 'ai'
+         ORDER BY seq", undef, $sid);
+}
+
+
+# --- one reply, seen by both ------------------------------------------------
+
+say_($ann, $slug, 'hello everyone');
+say_($bob, $slug, 'hi Ann');
+my $q1 = say_($ann, $slug, '@ai what is up?');
+is($q1, 3, 'the question is seq 3');
+
+my ($da, $fa) = ai_reply($ann, $q1);
+my ($db, $fb) = ai_reply($bob, $q1);
+
+my $want = Collab::MockAI::reply_text(10);
+
+ok(@$da >= 2, 'ann got the reply in several ai_delta events ('
+   . scalar(@$da) . ')');
+is_deeply([map { $_->{index} } @$da], [0 .. $#$da],
+          'indices 0, 1, 2 ... without gaps');
+is_deeply([map { [$_->{index}, $_->{text}] } @$db],
+          [map { [$_->{index}, $_->{text}] } @$da],
+          'bob got the same deltas: same indices, same texts');
+ok(!(grep { ($_->{session} // '') ne $slug } @$da, @$db),
+   'every delta names the session');
+ok(!(grep { !length $_->{text} } @$da), 'no delta is empty');
+is(texts($da), $want, 'the deltas add up to the streamed text');
+
+is($fa->{op}, 'message', 'then a message event') or diag(explain($fa));
+is($fa->{kind}, 'ai', 'of kind ai');
+is($fa->{seq}, 4, 'with the next seq');
+ok(exists $fa->{user} && !defined $fa->{user}, 'user null');
+is($fa->{userName}, 'AI', 'userName "AI"');
+is($fa->{clientMsgId}, 'ai:3', 'clientMsgId "ai:<replyTo>"');
+is($fa->{body}, texts($da), 'its body is the concatenation of the deltas');
+is_deeply($fa->{metadata}, { replyTo => 3, model => 'mock/model-1' },
+          'metadata: replyTo and model, nothing else')
+    or diag(explain($fa->{metadata}));
+my %fb = %$fb;
+delete $fb{_raw};
+is_deeply(\%fb, { %$fa }, 'bob got the same message event');
+
+my $rows = ai_rows();
+is(scalar @$rows, 1, 'one ai row in the table');
+is($rows->[0][0], 4, 'at seq 4');
+is($rows->[0][1], $want, 'with the whole text, byte for byte');
+is_deeply(decode_json($rows->[0][2]),
+          { replyTo => 3, model => 'mock/model-1' }, 'and its metadata');
+is($dbh->selectrow_array('SELECT last_seq FROM chat_sessions WHERE id = ?',
+                         undef, $sid), 4, 'last_seq 4');
+
+$r = $bob->req(op => 'history', session => $slug);
+is_deeply([map { [$_->{seq}, $_->{kind}] } @{ $r->{messages} // [] }],
+          [[1, 'user'], [2, 'user'], [3, 'user'], [4, 'ai']],
+          'history: the three messages and exactly one ai message');
+is($r->{messages}[3]{body}, $want, 'history has the reply');
+
+# what the provider got
+
+my @req = $mock->requests;
+is(scalar @req, 1, 'the provider got one request');
+is($req[0]{method} . ' ' . $req[0]{path}, 'POST /v1/chat/completions',
+   'POST <endpoint>/chat/completions');
+is($req[0]{authorization}, "Bearer $KEY", 'with the key as a bearer token');
+like($req[0]{content_type} // '', qr{^application/json}, 'JSON');
+like($req[0]{accept} // '', qr{text/event-stream}, 'asking for SSE');
+my $body = $req[0]{body};
+is(ref $body, 'HASH', 'the body is JSON');
+is($body->{model}, 'mock/model-1', 'model');
+ok($body->{stream} && ref $body->{stream}, 'stream: true');
+is($body->{max_tokens}, 300, 'max_tokens');
+my @m = @{ $body->{messages} // [] };
+is($m[0]{role}, 'system', 'a system prompt first');
+is_deeply([@m[1 .. $#m]],
+          [{ role => 'user', content => 'Ann: hello everyone' },
+           { role => 'user', content => 'Bob: hi Ann' },
+           { role => 'user', content => 'Ann: @ai what is up?' }],
+          'then the history as roles, with names, the question last')
+    or diag(explain(\@m));
+
+
+# --- BUSY, a slow stream and the worker's latency, cancel ---------------------
+
+my $q2 = say_($ann, $slug, '@ai [long] tell a long story');
+my ($d2a, $f2a) = ([], undef);
+
+my $first = $ann->take(sub { $_->{op} eq 'ai_delta'
+                             && $_->{replyTo} == $q2 }, 10);
+ok($first, 'the long reply starts streaming');
+push @$d2a, $first if $first;
+
+my $q3 = say_($bob, $slug, '@ai me too');
+for my $c ($ann, $bob) {
+    my $e = $c->take(sub { $_->{op} eq 'ai_error' }, 10) // {};
+    is_deeply([@$e{qw(op session replyTo code)}],
+              ['ai_error', $slug, $q3, 'BUSY'],
+              $c->user . ': a second question meanwhile is BUSY');
+    ok(length($e->{message} // ''), 'with a message');
+}
+
+# another connection of the same worker, in another session: its pings are
+# answered promptly while the stream is in flight
+my @rtt;
+for (1 .. 20) {
+    my $t0 = time;
+    my $p = $cat->req(op => 'ping', -timeout => 5);
+    push @rtt, time - $t0;
+    ok(0, 'ping answered') unless $p->{op} eq 'pong';
+}
+@rtt = sort { $a <=> $b } @rtt;
+my $p90 = $rtt[int(0.9 * @rtt) - 1];
+ok($p90 < 0.3, sprintf('pings answered in %.1f ms (p90) during the stream',
+                       $p90 * 1000))
+    or diag(join ' ', map { sprintf '%.1f', $_ * 1000 } @rtt);
+ok(!(grep { $_->{op} =~ /^ai_|^message$/ } $cat->pending),
+   'the other session hears nothing of the reply');
+
+# the stream is still running: the cancel finds it
+$r = $ann->req(op => 'ai_cancel', session => $slug);
+is_deeply([@$r{qw(op session)}], ['ai_cancelled', $slug],
+          'ai_cancel mid-stream -> ai_cancelled') or diag(explain($r));
+
+my ($rest, $f2) = ai_reply($ann, $q2);
+push @$d2a, @$rest;
+my ($d2b, $f2b) = ai_reply($bob, $q2);
+
+is($f2->{op}, 'message', 'the cancelled reply is stored')
+    or diag(explain($f2));
+is($f2->{kind}, 'ai', 'as an ai message');
+is($f2->{seq}, $q3 + 1, 'with the next seq');
+my %meta = %{ $f2->{metadata} // {} };
+$meta{cancelled} = $meta{cancelled} ? 'true' : 'false'
+    if exists $meta{cancelled};
+is_deeply(\%meta,
+          { replyTo => $q2, model => 'mock/model-1', cancelled => 'true' },
+          'metadata: replyTo, model, cancelled: true')
+    or diag(explain($f2->{metadata}));
+my $long = Collab::MockAI::reply_text(60);
+ok(length $f2->{body} && length $f2->{body} < length $long
+   && substr($long, 0, length $f2->{body}) eq $f2->{body},
+   'its body is a non-empty beginning of the reply');
+is($f2->{body}, texts($d2a), 'what the deltas had shown, no more, no less');
+is_deeply([map { [$_->{index}, $_->{text}] } @$d2b],
+          [map { [$_->{index}, $_->{text}] } @$d2a],
+          'bob saw the same deltas');
+is($f2b->{seq}, $f2->{seq}, 'and the same message');
+
+$rows = ai_rows();
+is(scalar @$rows, 2, 'two ai rows now: one per reply, none for BUSY');
+is($rows->[1][1], $f2->{body}, 'the cancelled one as delivered');
+is(decode_json($rows->[1][2])->{cancelled}, 1, 'marked cancelled');
+is($dbh->selectrow_array(
+       "SELECT count(*) FROM chat_messages WHERE session_id = ?
+        AND kind = 'ai' AND (metadata->>'replyTo')::bigint = ?",
+       undef, $sid, $q3), 0, 'nothing stored for the BUSY question');
+
+$r = $ann->req(op => 'ai_cancel', session => $slug);
+is($r->{op} . ':' . ($r->{code} // ''), 'error:NOT_FOUND',
+   'ai_cancel with nothing running: NOT_FOUND');
+$r = $cat->req(op => 'ai_cancel', session => $slug);
+is($r->{op} . ':' . ($r->{code} // ''), 'error:ACCESS_DENIED',
+   'ai_cancel in a session not joined: ACCESS_DENIED');
+
+
+# --- the next reply: the history now has the assistant's turns ----------------
+
+my $q4 = say_($ann, $slug, '@ai [fast] again');
+my ($d4, $f4) = ai_reply($bob, $q4);
+is($f4->{op}, 'message', 'a new question after a cancel is answered');
+is($f4->{body}, $want, 'in full');
+ai_reply($ann, $q4);
+
+@req = $mock->requests;
+is(scalar @req, 3, 'three requests in all (none for BUSY)');
+@m = @{ $req[2]{body}{messages} // [] };
+is_deeply([map { $_->{role} } @m],
+          [qw(system assistant user user assistant user)],
+          'collab_ai_context 5: the five newest messages, ai ones as '
+          . 'assistant') or diag(explain(\@m));
+is($m[1]{content}, $want, 'the first reply');
+is($m[4]{content}, $f2->{body}, 'the cancelled reply as it was stored');
+is($m[5]{content}, 'Ann: @ai [fast] again', 'the question last');
+
+is(scalar @{ ai_rows() }, 3, 'three ai rows');
+
+
+# --- the key ------------------------------------------------------------------
+
+no_key_anywhere($t, $ann, $bob, $cat);
+
+$mock->stop;
+
+done_testing();

@@ -1,0 +1,494 @@
+#!/usr/bin/perl
+#
+# 092-ai-trigger.t: which messages call on the assistant, and how often
+# (issue 9).
+#
+# collab_ai_trigger mention (the default): only a body starting with "@ai"
+# followed by its end, a space, "," ":" or a newline, in any case;
+# "@aiX", "hello @ai" or " @ai" do not.  always: every user message, but
+# never the assistant's own.  off: none.  collab_rate_ai (in collab_zone)
+# limits each user: beyond the burst the question is stored, and both
+# participants get ai_error RATE_LIMITED; another user is not held back.
+#
+# Why: a mention that misfires costs money at the provider; one that does
+# not fire is a broken feature.  "Not triggered" is shown by order, not by
+# waiting: the non-triggers are sent before a trigger, and the first ai
+# event must belong to the trigger (a misfire would be answered first, or
+# make the trigger BUSY).
+
+use strict;
+use warnings;
+use utf8;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Mojo::JSON qw(decode_json);
+use Collab::Test;
+use Collab::MockAI;
+
+{
+# --- a collab.v1 client on the harness's raw WebSocket ----------------------
+#
+# (The same small client is in every t/03x-chat-*.t; it belongs in t/lib
+# once more tests need it.)  Frames from the server are parsed as they
+# arrive into an inbox of decoded JSON messages; take() removes the first
+# one a predicate accepts, waiting for more if needed, so replies and
+# events may arrive in any interleaving without being lost.
+
+package Chat;
+
+use strict;
+use warnings;
+
+use Carp qw(croak);
+use IO::Select;
+use Mojo::JSON qw(decode_json encode_json);
+use Time::HiRes qw(time);
+
+my $NREF = 0;
+
+# Chat->open($t, user => 'u1', name => 'Ann', port => ..., path => '/chat')
+sub open {
+    my ($class, $t, %o) = @_;
+    my %h = ('Sec-WebSocket-Protocol' => 'collab.v1');
+    $h{'X-User-Id'} = $o{user} if defined $o{user};
+    $h{'X-User-Name'} = $o{name} if defined $o{name};
+    $h{-port} = $o{port} if defined $o{port};
+    my $s = $t->ws_raw($o{path} // '/chat', %h);
+    my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
+                       frag => undef }, $class;
+    $self->_parse;
+    return $self;
+}
+
+sub user { $_[0]{user} }
+
+sub close {
+    my ($self) = @_;
+    CORE::close($self->{s}) if $self->{s};
+    $self->{eof} = 1;
+}
+
+sub send_text {
+    my ($self, $text, %frame) = @_;
+    return $self->{t}->ws_send($self->{s}, opcode => 1, payload => $text,
+                               %frame);
+}
+
+sub send {
+    my ($self, $req) = @_;
+    return $self->send_text(encode_json($req));
+}
+
+# parses every complete frame in the socket's buffer into the inbox
+sub _parse {
+    my ($self) = @_;
+    my $s = $self->{s};
+    my $buf = \${*$s}{collab_buf};
+    while (1) {
+        my $have = length $$buf;
+        last if $have < 2;
+        my ($b0, $b1) = unpack 'CC', $$buf;
+        my $len = $b1 & 0x7f;
+        my $off = 2;
+        if ($len == 126) {
+            last if $have < 4;
+            $len = unpack 'n', substr($$buf, 2, 2);
+            $off = 4;
+        } elsif ($len == 127) {
+            last if $have < 10;
+            $len = unpack 'Q>', substr($$buf, 2, 8);
+            $off = 10;
+        }
+        $self->{masked}++ if $b1 & 0x80;       # a server must not mask
+        $off += 4 if $b1 & 0x80;
+        last if $have < $off + $len;
+        my $payload = substr($$buf, $off, $len);
+        $self->{raw_log} .= $payload;
+        substr($$buf, 0, $off + $len, '');
+
+        my ($fin, $op) = ($b0 & 0x80, $b0 & 0x0f);
+        if ($op == 9) {
+            $self->{t}->ws_send($s, opcode => 10, payload => $payload);
+            next;
+        }
+        next if $op == 10;
+        if ($op == 8) {
+            $self->{close_code} = length $payload >= 2
+                ? unpack('n', $payload) : 0;
+            next;
+        }
+        if ($op == 0) {
+            $self->{frag} .= $payload;
+            next unless $fin;
+            $payload = delete $self->{frag};
+            $op = 1;
+        } elsif (!$fin) {
+            $self->{frag} = $payload;
+            next;
+        }
+        if ($op != 1) {
+            push @{ $self->{inbox} }, { op => "(opcode $op)" };
+            next;
+        }
+        my $msg = eval { decode_json($payload) }
+            // { op => '(not JSON)', raw => $payload };
+        $msg->{_raw} = $payload if $self->{keep_raw};
+        push @{ $self->{inbox} }, $msg;
+    }
+}
+
+# reads what the socket has (it was reported readable); false on EOF
+sub _read {
+    my ($self) = @_;
+    my $n = sysread($self->{s}, my $chunk, 1 << 18);
+    if (!defined $n) {
+        return 1 if $!{EINTR} || $!{EAGAIN};
+        $self->{eof} = 1;
+        return 0;
+    }
+    if ($n == 0) {
+        $self->{eof} = 1;
+        return 0;
+    }
+    ${*{ $self->{s} }}{collab_buf} .= $chunk;
+    $self->_parse;
+    return 1;
+}
+
+# Chat::pump($timeout, @clients): waits up to $timeout for any of them to
+# be readable and reads all that are; returns how many were
+sub pump {
+    my ($timeout, @c) = @_;
+    @c = grep { !$_->{eof} } @c;
+    return 0 unless @c;
+    my %by = map { fileno($_->{s}) => $_ } @c;
+    my @r = IO::Select->new(map { $_->{s} } @c)->can_read($timeout);
+    $by{ fileno $_ }->_read for @r;
+    return scalar @r;
+}
+
+# the first message the predicate ($_) accepts, removed from the inbox;
+# undef after $timeout seconds or at EOF
+sub take {
+    my ($self, $pred, $timeout) = @_;
+    my $end = time + ($timeout // 10);
+    while (1) {
+        my $in = $self->{inbox};
+        for my $i (0 .. $#$in) {
+            local $_ = $in->[$i];
+            return splice(@$in, $i, 1) if $pred->();
+        }
+        return undef if $self->{eof} || time >= $end;
+        pump($end - time, $self);
+    }
+}
+
+# sends the request with a fresh "ref" (unless it has one) and returns
+# the reply carrying that ref
+sub req {
+    my ($self, %r) = @_;
+    my $timeout = delete $r{-timeout} // 15;
+    $r{ref} //= 'r' . ++$NREF;
+    my $ref = $r{ref};
+    $self->send(\%r);
+    return $self->take(sub { defined $_->{ref} && $_->{ref} eq $ref },
+                       $timeout)
+        // { op => '(no reply)', ref => $ref };
+}
+
+# the next $n "message" events in arrival order (fewer on timeout)
+sub events {
+    my ($self, $n, $timeout) = @_;
+    my $end = time + ($timeout // 15);
+    my @ev;
+    while (@ev < $n) {
+        my $e = $self->take(sub { $_->{op} eq 'message' }, $end - time)
+            // last;
+        push @ev, $e;
+    }
+    return @ev;
+}
+
+# every message event that arrives within $wait seconds
+sub drain_events {
+    my ($self, $wait) = @_;
+    my @ev;
+    while (my $e = $self->take(sub { $_->{op} eq 'message' }, $wait)) {
+        push @ev, $e;
+    }
+    return @ev;
+}
+
+# the inbox minus what a test does not care about
+sub pending {
+    my ($self) = @_;
+    pump(0, $self);
+    return @{ $self->{inbox} };
+}
+
+
+}
+
+# --- shared by the t/09x-ai-*.t files ---------------------------------------
+
+my $KEY = 'sk-mock-' . join('', map { sprintf '%02x', int rand 256 } 1 .. 16);
+
+sub write_key {
+    my ($t) = @_;
+    open my $fh, '>', $t->dir . '/ai.key' or die $!;
+    print $fh "$KEY\n";
+    close $fh;
+}
+
+sub ai_conf {
+    my ($mock, %o) = @_;
+    my $extra = $o{extra} // '';
+    my $endpoint = $o{endpoint} // $mock->endpoint;
+    return <<"CONF";
+    collab_postgres "%%PG_DSN%%" pool=2 timeout=10s;
+    collab_batch_window 2ms;
+    collab_ai_endpoint   $endpoint;
+    collab_ai_key_file   %%TESTDIR%%/ai.key;
+    collab_ai_model      mock/model-1;
+    collab_ai_timeout    $o{timeout};
+    collab_ai_max_tokens 300;
+    collab_ai_context    5;
+$extra
+    server {
+        listen 127.0.0.1:%%PORT$o{port}%%;
+
+        location /chat {
+            collab_websocket;
+            collab_user \$http_x_user_id;
+            collab_user_name \$http_x_user_name;
+        }
+    }
+CONF
+}
+
+# the ai_delta events of the reply to $reply_to, in arrival order, and the
+# event that ended it: the "message" of kind ai, or an ai_error
+sub ai_reply {
+    my ($c, $reply_to, $timeout) = @_;
+    my (@d, $final);
+    my $end = time + ($timeout // 15);
+    while (time < $end) {
+        my $e = $c->take(sub {
+            my $r = $_->{op} eq 'message'
+                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
+                  ? $_->{metadata}{replyTo} : undef
+                : $_->{op} =~ /^ai_(?:delta|error)$/ ? $_->{replyTo}
+                : undef;
+            defined $r && $r == $reply_to;
+        }, $end - time) or last;
+        if ($e->{op} eq 'ai_delta') {
+            push @d, $e;
+            next;
+        }
+        $final = $e;
+        last;
+    }
+    return (\@d, $final // { op => '(nothing)' });
+}
+
+sub texts { join '', map { $_->{text} } @{ $_[0] } }
+
+# the user's message; returns its seq (or dies: nothing else makes sense)
+sub say_ {
+    my ($c, $slug, $body) = @_;
+    my $r = $c->req(op => 'send', session => $slug, body => $body,
+                    clientMsgId => 'm' . int(rand 1e9));
+    $r->{op} eq 'ack' or die "send '$body': " . explain($r);
+    return $r->{seq};
+}
+
+sub no_key_anywhere {
+    my ($t, @clients) = @_;
+    my $log = $t->error_log;
+    ok(index($log, $KEY) < 0, 'the key is not in error.log');
+    my $frames = join '', map { $_->{raw_log} // '' } @clients;
+    ok(length $frames, 'frames were received');
+    ok(index($frames, $KEY) < 0, 'nor in any frame a client received');
+    my $k = substr $KEY, 8, 12;
+    ok(index($log, $k) < 0 && index($frames, $k) < 0,
+       'not even a part of it');
+}
+
+my $t = Collab::Test->new;
+$t->start_pg;
+write_key($t);
+
+my $mock = Collab::MockAI->start(dir => $t->dir);
+
+$t->start_nginx(ai_conf($mock, timeout => '5s', port => '', extra => <<'X'));
+    collab_zone collab 1m;
+    collab_rate_ai 1r/m burst=1;
+X
+$t->start_nginx(ai_conf($mock, timeout => '5s', port => '2',
+                        extra => '    collab_ai_trigger always;'),
+                name => 'always');
+$t->start_nginx(ai_conf($mock, timeout => '5s', port => '3',
+                        extra => '    collab_ai_trigger off;'),
+                name => 'off');
+
+my $dbh = $t->pg_dbh;
+
+sub session_for {
+    my (@c) = @_;
+    my $r = $c[0]->req(op => 'create', title => 'trigger', isPublic => \1);
+    my $slug = $r->{session}{id} // die explain($r);
+    $_->req(op => 'join', session => $slug)->{op} eq 'joined'
+        or die 'join' for @c;
+    my $sid = $dbh->selectrow_array(
+        'SELECT id FROM chat_sessions WHERE slug = ?', undef, $slug);
+    return ($slug, $sid);
+}
+
+sub ai_replies {
+    my ($sid) = @_;
+    return $dbh->selectcol_arrayref(
+        "SELECT (metadata->>'replyTo')::bigint FROM chat_messages
+         WHERE session_id = ? AND kind = 'ai' ORDER BY seq", undef, $sid);
+}
+
+sub nreq { scalar(() = $mock->requests) }
+
+# the first ai event the client gets (any replyTo)
+sub first_ai {
+    my ($c) = @_;
+    return $c->take(sub { $_->{op} =~ /^ai_/
+                          || $_->{op} eq 'message' && $_->{kind} eq 'ai' },
+                    15) // { op => '(nothing)' };
+}
+
+sub reply_to_of {
+    my ($e) = @_;
+    return $e->{op} eq 'message' ? $e->{metadata}{replyTo} : $e->{replyTo};
+}
+
+
+# --- mention ------------------------------------------------------------------
+
+my $dan = Chat->open($t, user => 'dan', name => 'Dan');
+my $eve = Chat->open($t, user => 'eve', name => 'Eve');
+my ($slug, $sid) = session_for($dan, $eve);
+
+my @not = ('@aiX what', 'hello @ai', ' @ai leading space', 'ai: hi',
+           '@ai-bot hi', '@a', "\@\x{e4}i hi", '@@ai hi');
+my @yes = ("\@AI, [fast] hi", '@ai', "\@ai:[fast]", "\@Ai\n[fast] line");
+
+for my $i (0 .. $#yes) {
+    my $n0 = nreq();
+    my $c = $i % 2 ? $eve : $dan;
+    # each user has 2 questions before the rate limit: two triggers each
+    say_($c, $slug, $_) for @not;
+    my $q = say_($c, $slug, $yes[$i]);
+    my $e = first_ai($eve);
+    (my $shown = $yes[$i]) =~ s/\n/\\n/g;
+    is(reply_to_of($e), $q, "'$shown' triggers, and the "
+       . scalar(@not) . ' non-mentions before it did not')
+        or diag(explain($e));
+    my ($d, $f) = ai_reply($eve, $q);
+    $f = $e if $e->{op} eq 'message';
+    is($f->{op} . ':' . ($f->{kind} // $f->{code} // ''), 'message:ai',
+       '  and is answered') or diag(explain($f));
+    is(nreq() - $n0, 1, '  one request to the provider');
+    ai_reply($dan, $q);
+}
+
+is(scalar @{ ai_replies($sid) }, scalar @yes, 'one ai row per trigger');
+
+
+# --- collab_rate_ai -----------------------------------------------------------
+
+my $ann = Chat->open($t, user => 'ann', name => 'Ann');
+my $bob = Chat->open($t, user => 'bob', name => 'Bob');
+my ($slug2, $sid2) = session_for($ann, $bob);
+
+my @q;
+for my $n (1 .. 2) {
+    my $q = say_($ann, $slug2, "\@ai [fast] question $n");
+    push @q, $q;
+    my ($d, $f) = ai_reply($bob, $q);
+    is($f->{op} . ':' . ($f->{kind} // ''), 'message:ai',
+       "1r/m burst=1: question $n is answered") or diag(explain($f));
+    ai_reply($ann, $q);
+}
+
+my $n0 = nreq();
+my $q3 = say_($ann, $slug2, '@ai [fast] question 3');
+is($dbh->selectrow_array('SELECT body FROM chat_messages
+                          WHERE session_id = ? AND seq = ?',
+                         undef, $sid2, $q3),
+   '@ai [fast] question 3', 'the third question is stored as a message');
+for my $c ($ann, $bob) {
+    my ($d, $e) = ai_reply($c, $q3);
+    is_deeply([@$e{qw(op session replyTo code)}],
+              ['ai_error', $slug2, $q3, 'RATE_LIMITED'],
+              $c->user . ': but the assistant is RATE_LIMITED for ann')
+        or diag(explain($e));
+}
+is(nreq(), $n0, 'no request to the provider');
+
+my $qb = say_($bob, $slug2, '@ai [fast] my turn');
+my ($db, $fb) = ai_reply($ann, $qb);
+is($fb->{op} . ':' . ($fb->{kind} // ''), 'message:ai',
+   'another user in the same session is answered') or diag(explain($fb));
+ai_reply($bob, $qb);
+is_deeply(ai_replies($sid2), [@q, $qb],
+          'the rows: the two answers and bob\'s, none for question 3');
+
+
+# --- always -------------------------------------------------------------------
+
+my $port2 = $t->port(2);
+my $fay = Chat->open($t, user => 'fay', name => 'Fay', port => $port2);
+my $gus = Chat->open($t, user => 'gus', name => 'Gus', port => $port2);
+my ($slug3, $sid3) = session_for($fay, $gus);
+
+$n0 = nreq();
+my @qs;
+for my $body ('[fast] just chatting', 'hello @ai [fast]') {
+    my $q = say_($fay, $slug3, $body);
+    push @qs, $q;
+    my ($d, $f) = ai_reply($gus, $q);
+    is($f->{op} . ':' . ($f->{kind} // ''), 'message:ai',
+       "always: '$body' is answered") or diag(explain($f));
+    ai_reply($fay, $q);
+}
+is(nreq() - $n0, 2, 'two requests: the replies do not trigger replies');
+is_deeply(ai_replies($sid3), \@qs, 'one ai row per message');
+
+# the replies are stored: the next question comes after them, and the
+# assistant answers none of its own messages (the next ai event is ours)
+my $q = say_($gus, $slug3, '[fast] last one');
+is(reply_to_of(first_ai($fay)), $q, 'the next ai event answers the user');
+
+
+# --- off ----------------------------------------------------------------------
+
+my $port3 = $t->port(3);
+my $hal = Chat->open($t, user => 'hal', name => 'Hal', port => $port3);
+my $ivy = Chat->open($t, user => 'ivy', name => 'Ivy', port => $port3);
+my ($slug4, $sid4) = session_for($hal, $ivy);
+
+$n0 = nreq();
+say_($hal, $slug4, '@ai [fast] are you there?');
+my $e = $ivy->take(sub { $_->{op} =~ /^ai_/
+                         || $_->{op} eq 'message' && $_->{kind} eq 'ai' },
+                   1.5);
+ok(!$e, 'off: "@ai" is not answered') or diag(explain($e));
+is(nreq(), $n0, '  no request to the provider');
+is(scalar @{ ai_replies($sid4) }, 0, '  no ai row');
+my $r = $hal->req(op => 'ai_cancel', session => $slug4);
+is($r->{code}, 'NOT_FOUND', '  ai_cancel: NOT_FOUND');
+
+no_key_anywhere($t, $dan, $eve, $ann, $bob, $fay, $gus, $hal, $ivy);
+
+$mock->stop;
+
+done_testing();
