@@ -7,8 +7,11 @@
 # collab_postgres, the conf/www root, the /collab/ws location with the
 # demo identity from ?user=&name=), a short presence grace; then
 # client/browser-test/chat.mjs drives Debian's chromium through
-# playwright-core with two pages as two users: Ann creates a public
-# session, Bob opens the shared link, messages go both ways, "Ann is
+# playwright-core with two pages as two users: Ann creates a private
+# session and invites "bob" by name, the invitation appears on Bob's page
+# live, the session refuses him until he accepts (the invitation is still
+# listed after a reload), he accepts and joins and Ann sees "Bob ...
+# joined", messages go both ways, "Ann is
 # typing…" appears and goes, nginx is stopped and started again (the page
 # reconnects by itself and the messages queued meanwhile appear exactly
 # once, also in the database), and Bob closing his page shows him offline
@@ -147,7 +150,7 @@ my $rc = $? >> 8;
 
 ok($ended, 'the browser script ran to its end');
 is($rc, 0, 'the browser script exited 0');
-cmp_ok($n_ok, '>=', 20, 'the browser script passed its checks');
+cmp_ok($n_ok, '>=', 30, 'the browser script passed its checks');
 
 ok($screenshot && -s $screenshot, 'a screenshot of the chat was saved');
 diag("screenshot: $screenshot") if $screenshot && -s $screenshot;
@@ -166,6 +169,18 @@ is_deeply($rows, [
     ['Sent while nginx was down (1)', 'ann', 1],
     ['Sent while nginx was down (2)', 'ann', 1],
 ], 'chat_messages holds each message once') or diag(explain($rows));
+
+# the session is private, and Bob is in it by an accepted invitation
+$rows = $dbh->selectall_arrayref(<<'SQL');
+SELECT s.title, s.is_public, u.external_id, b.external_id, i.status
+  FROM chat_invitations i
+  JOIN chat_sessions s ON s.id = i.session_id
+  JOIN users u ON u.id = i.invited_user_id
+  JOIN users b ON b.id = i.invited_by
+SQL
+is_deeply($rows, [['Launch plan', 0, 'bob', 'ann', 'accepted']],
+          'one invitation, from ann to bob, accepted; the session private')
+    or diag(explain($rows));
 $dbh->disconnect;
 
 done_testing();

@@ -144,32 +144,92 @@ async function scenario(browser) {
         });
     }
 
-    // --- Ann signs in and creates a public session ---
+    // --- Ann signs in and creates a private session ---
     await a.goto(baseUrl);
     await a.fill('#signin-name', 'Ann');
     await a.click('#signin button');
     await a.waitForSelector('#create-title', { state: 'visible' });
+    ok(!(await a.isChecked('#create-public')),
+       'a new session is private unless asked');
     await a.fill('#create-title', 'Launch plan');
     await a.click('#create-form button');
     ok(await until(a, 'the room shows the title',
                    () => document.getElementById('room-title')
                          .textContent === 'Launch plan'),
-       'Ann creates a public session and is in it');
-    const link = await a.inputValue('#share-link');
-    ok(/#s=[A-Za-z0-9_-]+$/.test(link), `a share link: ${link}`);
+       'Ann creates a private session and is in it');
+    const link = a.url();
+    ok(/#s=[A-Za-z0-9_-]+$/.test(link), 'the session id is in the address',
+       link);
+    ok(await until(a, 'the invite box, and no share link',
+                   () => !document.getElementById('invite-form').hidden
+                         && document.getElementById('share').hidden),
+       'the owner has the invite box; a private session has no share link');
     ok(await until(a, 'the session in Ann\'s list',
                    () => [...document.querySelectorAll('#sessions button')]
                          .some((x) => x.textContent.startsWith('Launch plan'))),
        'the session is in Ann\'s list');
 
-    // --- Bob opens the link, signs in, and is in the same session ---
-    await b.goto(link);
+    // --- Bob signs in; Ann invites him; the invitation appears live ---
+    await b.goto(baseUrl);
     await b.fill('#signin-name', 'Bob');
     await b.click('#signin button');
+    ok(await until(b, 'Bob\'s invitation list read',
+                   () => window.collabClient?.status === 'open'
+                         && document.getElementById('invitations')
+                            .dataset.loaded === 'yes'
+                         && !document.querySelector('#invitations li[data-id]')),
+       'Bob is connected and has no invitation yet');
+
+    await a.fill('#invite-name', 'Bob');
+    await a.click('#invite-form button');
+    ok(await until(a, 'the invite status',
+                   () => document.getElementById('invite-status')
+                         .textContent === 'Invited Bob.'),
+       'Ann invites "Bob" by name');
+    const invitation = '#invitations li[data-id]';
+    ok(await until(b, 'the invitation on Bob\'s page',
+                   (sel) => [...document.querySelectorAll(sel)].some((li) =>
+                       li.querySelector('strong')?.textContent
+                       === 'Launch plan'
+                       && /invited by ann/.test(li.textContent)),
+                   invitation),
+       'the invitation appears on Bob\'s page live, without a reload');
+    await b.screenshot({ path: join(outDir, 'invitation.png') });
+
+    // --- before accepting, the private session is closed to him; the
+    //     invitation is still listed after a reload (read from the server)
+    await b.goto('about:blank');
+    await b.goto(link);
+    ok(await until(b, 'ACCESS_DENIED on Bob\'s page',
+                   () => /ACCESS_DENIED/.test(
+                       document.getElementById('room-title').textContent)),
+       'Bob cannot open the private session before accepting');
+    ok(await until(b, 'the invitation listed after the reload',
+                   (sel) => document.querySelectorAll(sel).length === 1,
+                   invitation),
+       'the pending invitation is listed after a reload');
+
+    // --- Bob accepts: he joins, Ann is told ---
+    await b.click(`${invitation} button.accept`);
     ok(await until(b, 'Bob sees the title',
                    () => document.getElementById('room-title')
                          .textContent === 'Launch plan'),
-       'Bob opens the shared link and joins');
+       'Bob accepts and joins the session');
+    ok(await until(b, 'the invitation gone, the invite box hidden',
+                   (sel) => document.querySelectorAll(sel).length === 0
+                            && document.getElementById('invite-form').hidden,
+                   invitation),
+       'the invitation leaves Bob\'s list; a member has no invite box');
+    ok(await until(a, 'the member notice on Ann\'s page',
+                   () => [...document.querySelectorAll('#notices li')]
+                         .some((li) => li.dataset.user === 'bob'
+                               && li.dataset.action === 'joined'
+                               && /^Bob /.test(li.textContent))),
+       'Ann sees "Bob accepted the invitation and joined"');
+    ok(await until(b, 'the session in Bob\'s list',
+                   () => [...document.querySelectorAll('#sessions button')]
+                         .some((x) => x.textContent.startsWith('Launch plan'))),
+       'the session is in Bob\'s list');
 
     const presence = (user, status) =>
         `#presence li[data-user="${user}"][data-status="${status}"]`;

@@ -14,7 +14,9 @@
  *     queue when the session is live again (the server's idempotency on
  *     clientMsgId makes a resend safe);
  *   - throttles typing notices and stops them by itself;
- *   - reports "away" while the page is hidden.
+ *   - reports "away" while the page is hidden;
+ *   - keeps the user's pending invitations (client.invitations) live, and
+ *     has the owner's ops: invite, accept, decline, revoke.
  */
 
 /* --- protocol types ------------------------------------------------------- */
@@ -61,6 +63,42 @@ export interface ServerFrame {
     op: string;
     ref?: Ref | null;
     [key: string]: unknown;
+}
+
+export type InvitationStatus =
+    'pending' | 'accepted' | 'declined' | 'revoked' | 'expired';
+
+/* an invitation to a private session (PROTOCOL.md, "Invitations") */
+export interface Invitation {
+    id: number;
+    session: string;            /* the session's id */
+    title: string;              /* the session's title */
+    invitedBy: string;          /* the owner's user id */
+    invitee: string;
+    status: InvitationStatus;
+    expiresAt: string;
+    createdAt: string;
+}
+
+/* the "member" event: someone accepted an invitation, or was removed */
+export interface MemberEvent {
+    session: string;
+    user: string;
+    userName?: string | null;
+    action: 'joined' | 'removed' | string;
+}
+
+/* the "invitation_revoked" event, to the invitee */
+export interface InvitationRevokedEvent {
+    invitation: number;
+    session: string;
+}
+
+/* what the invitation list (client.invitations) shows */
+export interface InvitationsState {
+    invitations: readonly Invitation[];     /* pending, newest first */
+    loaded: boolean;            /* the list was read from the server once */
+    error: Error | null;        /* the last refresh failed */
 }
 
 /* an "error" reply, as a rejected promise */
@@ -604,6 +642,22 @@ export class CollabSession {
         this.changed();
     }
 
+    /*
+     * The caller became a participant (an accepted invitation): a join
+     * that was refused while the UI still holds the session is tried
+     * again.
+     */
+    _accessGranted(): void {
+        if (this.status !== 'error' || this.users === 0) {
+            return;
+        }
+        this.wanted = true;
+        this.error = null;
+        this.status = 'idle';
+        this.changed();
+        this.startJoin();
+    }
+
     private startJoin(): void {
         if (!this.wanted || !this.client._isOpen()) {
             if (this.wanted && this.status === 'idle') {
@@ -720,6 +774,13 @@ export class CollabSession {
 
         case 'typing':
             this.typingEvent(String(f.user), !!f.on);
+            return;
+
+        case 'member':
+            /* a newcomer's display name, before its first message */
+            if (typeof f.user === 'string' && typeof f.userName === 'string') {
+                this.names.set(f.user, f.userName);
+            }
             return;
 
         default:
@@ -1025,6 +1086,136 @@ export class CollabSession {
     }
 }
 
+/* --- the caller's invitations ---------------------------------------------- */
+
+/*
+ * client.invitations: the pending invitations of the signed-in user, kept
+ * up to date.  It reads the list from the server ("invitations") when it
+ * gets its first subscriber and after every (re)connection while it has
+ * subscribers, adds what "invitation" events bring and drops what is
+ * accepted, declined or revoked.  Events that arrive while a read is in
+ * flight are applied over its answer, so none is lost to the race.
+ */
+export class InvitationStore {
+    private client: CollabClient;
+    private listeners = new Set<Listener>();
+    private byId = new Map<number, Invitation>();
+    private loaded = false;
+    private error: Error | null = null;
+    private snapshot: InvitationsState;
+    private dirty = false;
+    private readGen = 0;
+    /* changes since the read in flight was sent: id -> new value or null */
+    private changes: Map<number, Invitation | null> | null = null;
+
+    constructor(client: CollabClient) {
+        this.client = client;
+        this.snapshot = this.build();
+    }
+
+    /* useSyncExternalStore-compatible */
+    subscribe = (fn: Listener): (() => void) => {
+        this.listeners.add(fn);
+        if (this.listeners.size === 1) {
+            if (this.client._isOpen()) {
+                void this.refresh();
+            } else {
+                this.client._ensureConnected();
+            }
+        }
+        return () => { this.listeners.delete(fn); };
+    };
+
+    getSnapshot = (): InvitationsState => {
+        if (this.dirty) {
+            this.snapshot = this.build();
+            this.dirty = false;
+        }
+        return this.snapshot;
+    };
+
+    /* read the list from the server again */
+    async refresh(): Promise<void> {
+        const gen = ++this.readGen;
+        this.changes = new Map();
+        let list: Invitation[];
+        try {
+            list = await this.client.listInvitations();
+        } catch (e) {
+            if (gen === this.readGen) {
+                this.changes = null;
+                this.error = e as Error;
+                this.changed();
+            }
+            return;
+        }
+        if (gen !== this.readGen) {
+            return;
+        }
+        const byId = new Map<number, Invitation>();
+        for (const inv of list) {
+            if (inv.status === 'pending') {
+                byId.set(inv.id, inv);
+            }
+        }
+        for (const [id, inv] of this.changes ?? []) {
+            if (inv) {
+                byId.set(id, inv);
+            } else {
+                byId.delete(id);
+            }
+        }
+        this.changes = null;
+        this.byId = byId;
+        this.loaded = true;
+        this.error = null;
+        this.changed();
+    }
+
+    _connectionOpen(): void {
+        if (this.listeners.size > 0) {
+            void this.refresh();
+        }
+    }
+
+    _add(inv: Invitation): void {
+        if (inv.status !== 'pending') {
+            this._remove(inv.id);
+            return;
+        }
+        this.byId.set(inv.id, inv);
+        this.changes?.set(inv.id, inv);
+        this.changed();
+    }
+
+    _remove(id: number): void {
+        this.changes?.set(id, null);
+        if (this.byId.delete(id)) {
+            this.changed();
+        }
+    }
+
+    private changed(): void {
+        this.dirty = true;
+        for (const fn of Array.from(this.listeners)) {
+            try {
+                fn();
+            } catch (e) {
+                setTimeout(() => { throw e; }, 0);
+            }
+        }
+    }
+
+    private build(): InvitationsState {
+        return {
+            invitations: Array.from(this.byId.values())
+                .sort((a, b) => b.id - a.id),
+            loaded: this.loaded,
+            error: this.error,
+        };
+    }
+}
+
 /* --- the client ----------------------------------------------------------- */
 
 interface ResolvedOptions {
@@ -1041,6 +1232,9 @@ export class CollabClient {
      * (setIdentity); used to mark own messages and to show queued ones */
     userId: string | null = null;
     userName: string | null = null;
+
+    /* the signed-in user's pending invitations, live (subscribe to it) */
+    readonly invitations: InvitationStore;
 
     readonly _opts: ResolvedOptions;
     readonly _timers: Timers;
@@ -1061,6 +1255,10 @@ export class CollabClient {
     };
     private statusListeners = new Set<(s: ConnectionState) => void>();
     private frameListeners = new Set<(f: ServerFrame) => void>();
+    private invitationListeners = new Set<(i: Invitation) => void>();
+    private revokedListeners =
+        new Set<(e: InvitationRevokedEvent) => void>();
+    private memberListeners = new Set<(e: MemberEvent) => void>();
     private sessions = new Map<string, CollabSession>();
     private pending = new Map<string, PendingRequest>();
     private nextRef = 1;
@@ -1095,6 +1293,7 @@ export class CollabClient {
             maxSendAttempts: options.maxSendAttempts ?? 8,
         };
         this.clientMsgIdFn = options.newClientMsgId ?? randomClientMsgId;
+        this.invitations = new InvitationStore(this);
         this.visibility = options.visibility === undefined
             ? defaultVisibility() : options.visibility;
 
@@ -1259,6 +1458,7 @@ export class CollabClient {
         for (const s of this.sessions.values()) {
             s._connectionOpen();
         }
+        this.invitations._connectionOpen();
     }
 
     private scheduleHeartbeat(): void {
@@ -1391,6 +1591,10 @@ export class CollabClient {
             }
         }
 
+        if (ref === undefined || ref === null) {
+            this.userEvent(f);
+        }
+
         for (const fn of Array.from(this.frameListeners)) {
             fn(f);
         }
@@ -1473,6 +1677,139 @@ export class CollabClient {
         await this.whenOpen();
         const r = await this.request('sessions', { limit });
         return (r.sessions as SessionInfo[]) || [];
+    }
+
+    /* --- invitations (the owner invites; the invitee accepts) --- */
+
+    /* invite a user (by the site's user id) to a session the caller owns */
+    async invite(sessionId: string, userId: string): Promise<Invitation> {
+        await this.whenOpen();
+        const r = await this.request('invite',
+                                     { session: sessionId, user: userId });
+        return r.invitation as Invitation;
+    }
+
+    /* the caller's pending invitations; with a session id: that
+     * session's pending invitations (its owner only) */
+    async listInvitations(sessionId?: string): Promise<Invitation[]> {
+        await this.whenOpen();
+        const r = await this.request('invitations',
+                                     sessionId ? { session: sessionId } : {});
+        return (r.invitations as Invitation[]) || [];
+    }
+
+    /*
+     * Accept an invitation: resolves with the session, which the caller
+     * may join now.  A session handle that was refused earlier and is
+     * still held joins again by itself.
+     */
+    async acceptInvitation(id: number): Promise<SessionInfo> {
+        const r = await this.respond('accept', id);
+        const info = r.session as SessionInfo;
+        if (info && typeof info.id === 'string') {
+            this.sessions.get(info.id)?._accessGranted();
+        }
+        return info;
+    }
+
+    async declineInvitation(id: number): Promise<SessionInfo> {
+        const r = await this.respond('decline', id);
+        return r.session as SessionInfo;
+    }
+
+    /* the owner takes an invitation back */
+    async revokeInvitation(id: number): Promise<void> {
+        await this.whenOpen();
+        await this.request('revoke', { invitation: id });
+    }
+
+    private async respond(op: string, id: number): Promise<ServerFrame> {
+        await this.whenOpen();
+        try {
+            const r = await this.request(op, { invitation: id });
+            this.invitations._remove(id);
+            return r;
+        } catch (e) {
+            /* not ours, or not pending any more: it leaves the list */
+            if (e instanceof CollabError
+                && (e.code === 'NOT_FOUND' || e.code === 'CONFLICT'))
+            {
+                this.invitations._remove(id);
+            }
+            throw e;
+        }
+    }
+
+    /* an invitation for the caller arrived (live, on any host) */
+    onInvitation(fn: (inv: Invitation) => void): () => void {
+        this.invitationListeners.add(fn);
+        return () => { this.invitationListeners.delete(fn); };
+    }
+
+    onInvitationRevoked(fn: (e: InvitationRevokedEvent) => void)
+        : () => void
+    {
+        this.revokedListeners.add(fn);
+        return () => { this.revokedListeners.delete(fn); };
+    }
+
+    /* someone joined (accepted an invitation) or was removed from a
+     * session this connection joined */
+    onMember(fn: (e: MemberEvent) => void): () => void {
+        this.memberListeners.add(fn);
+        return () => { this.memberListeners.delete(fn); };
+    }
+
+    private userEvent(f: ServerFrame): void {
+        switch (f.op) {
+
+        case 'invitation': {
+            const inv = f.invitation as Invitation | undefined;
+            if (!inv || typeof inv.id !== 'number') {
+                return;
+            }
+            this.invitations._add(inv);
+            for (const fn of Array.from(this.invitationListeners)) {
+                fn(inv);
+            }
+            return;
+        }
+
+        case 'invitation_revoked': {
+            if (typeof f.invitation !== 'number') {
+                return;
+            }
+            const ev: InvitationRevokedEvent = {
+                invitation: f.invitation,
+                session: String(f.session),
+            };
+            this.invitations._remove(ev.invitation);
+            for (const fn of Array.from(this.revokedListeners)) {
+                fn(ev);
+            }
+            return;
+        }
+
+        case 'member': {
+            if (typeof f.session !== 'string' || typeof f.user !== 'string') {
+                return;
+            }
+            const ev: MemberEvent = {
+                session: f.session,
+                user: f.user,
+                action: String(f.action),
+                ...(f.userName !== undefined
+                    ? { userName: f.userName as string | null } : {}),
+            };
+            for (const fn of Array.from(this.memberListeners)) {
+                fn(ev);
+            }
+            return;
+        }
+
+        default:
+            return;
+        }
     }
 
     /*

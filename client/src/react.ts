@@ -10,8 +10,8 @@ import type { ReactElement } from 'react';
 
 import { formatTyping } from './index.js';
 import type {
-    ChatMessage, CollabClient, CollabSession, PresenceEntry, SessionState,
-    SessionStatus, TypingUser,
+    ChatMessage, CollabClient, CollabSession, InvitationsState,
+    PresenceEntry, SessionInfo, SessionState, SessionStatus, TypingUser,
 } from './index.js';
 
 export interface UseCollabSession {
@@ -94,6 +94,23 @@ export function useCollabConnection(client: CollabClient) {
         useCallback((fn: () => void) => client.onStatus(fn), [client]),
         () => client.connection,
         () => client.connection);
+}
+
+export interface UseInvitations extends InvitationsState {
+    accept: (id: number) => Promise<SessionInfo>;
+    decline: (id: number) => Promise<SessionInfo>;
+}
+
+/* the signed-in user's pending invitations, updated live */
+export function useInvitations(client: CollabClient): UseInvitations {
+    const state = useSyncExternalStore(client.invitations.subscribe,
+                                       client.invitations.getSnapshot,
+                                       client.invitations.getSnapshot);
+    const accept = useCallback((id: number) =>
+        client.acceptInvitation(id), [client]);
+    const decline = useCallback((id: number) =>
+        client.declineInvitation(id), [client]);
+    return { ...state, accept, decline };
 }
 
 export function TypingIndicator(props: { users: readonly TypingUser[];

@@ -1,7 +1,9 @@
 // The ngx_collab demo: the plain SDK (collab-client.js, built from
 // client/src by `make client`), no framework.  One client, one session
-// shown at a time, the session id in the URL's fragment (#s=<id>) so the
-// address is the link to share.
+// shown at a time, the session id in the URL's fragment (#s=<id>).
+// Sessions are private by default: the owner invites people by name, and
+// they accept from their list of invitations, which updates live.  A
+// public session can also be joined by anyone who has its link.
 
 import { createCollabClient, formatTyping } from './collab-client.js';
 
@@ -104,6 +106,61 @@ function start(me) {
     renderBanner();
     window.addEventListener('online', () => client.reconnectNow());
 
+    // --- my invitations --------------------------------------------------------
+    // client.invitations is read from the server when subscribed to (and
+    // after every reconnect) and updated by the live "invitation" events.
+
+    function renderInvitations() {
+        const st = client.invitations.getSnapshot();
+        const ul = $('invitations');
+        ul.textContent = '';
+        ul.dataset.loaded = st.loaded ? 'yes' : 'no';
+        for (const inv of st.invitations) {
+            const li = document.createElement('li');
+            li.dataset.id = inv.id;
+            li.dataset.session = inv.session;
+            const title = document.createElement('strong');
+            title.textContent = inv.title;
+            const from = document.createElement('span');
+            from.className = 'from';
+            from.textContent = `invited by ${inv.invitedBy}`;
+            const accept = document.createElement('button');
+            accept.className = 'accept';
+            accept.textContent = 'Accept';
+            accept.onclick = () => respond(inv, true);
+            const decline = document.createElement('button');
+            decline.className = 'decline';
+            decline.textContent = 'Decline';
+            decline.onclick = () => respond(inv, false);
+            li.append(title, from, accept, decline);
+            ul.appendChild(li);
+        }
+        if (st.invitations.length === 0) {
+            ul.innerHTML = st.loaded ? '<li class="hint">None.</li>'
+                : '<li class="hint">Loading…</li>';
+        }
+    }
+
+    async function respond(inv, yes) {
+        try {
+            if (!yes) {
+                await client.declineInvitation(inv.id);
+                return;
+            }
+            const s = await client.acceptInvitation(inv.id);
+            // open it: a participant now (if it is open already, refused,
+            // the SDK joins it again by itself)
+            location.hash = 's=' + s.id;
+            refreshSessions();
+        } catch (e) {
+            alert(`Could not ${yes ? 'accept' : 'decline'} the invitation: `
+                  + (e.message || e));
+        }
+    }
+
+    client.invitations.subscribe(renderInvitations);
+    renderInvitations();
+
     // --- the session list ----------------------------------------------------
 
     let currentId = null;
@@ -145,8 +202,10 @@ function start(me) {
             return;
         }
         try {
-            const s = await client.createSession({ title, isPublic: true });
+            const s = await client.createSession(
+                { title, isPublic: $('create-public').checked });
             $('create-title').value = '';
+            $('create-public').checked = false;
             location.hash = 's=' + s.id;
             refreshSessions();
         } catch (e) {
@@ -160,6 +219,24 @@ function start(me) {
     let unsubscribe = null;
     let renderedSeqKey = '';
     let wasLive = false;
+
+    // "Bob joined": the "member" event of the open session
+    client.onMember((ev) => {
+        if (ev.session !== currentId) {
+            return;
+        }
+        const li = document.createElement('li');
+        li.dataset.user = ev.user;
+        li.dataset.action = ev.action;
+        const who = ev.userName || ev.user;
+        li.textContent = ev.action === 'joined'
+            ? `${who} accepted the invitation and joined`
+            : `${who} was removed from the session`;
+        $('notices').appendChild(li);
+        while ($('notices').children.length > 3) {
+            $('notices').firstChild.remove();
+        }
+    });
 
     function openFromHash() {
         const m = /^#s=([A-Za-z0-9_-]{1,64})$/.exec(location.hash);
@@ -184,6 +261,8 @@ function start(me) {
         $('share-link').value = location.origin + location.pathname
             + '#s=' + id;
         $('messages').textContent = '';
+        $('notices').textContent = '';
+        $('invite-status').textContent = '';
         renderedSeqKey = '';
         session = client.session(id).acquire();
         unsubscribe = session.subscribe(render);
@@ -201,6 +280,27 @@ function start(me) {
             $('share-link').select();
         }
         setTimeout(() => { $('copy').textContent = 'Copy'; }, 1500);
+    };
+
+    // the owner invites by name: the demo's user id is the name lowercased
+    $('invite-form').onsubmit = async (ev) => {
+        ev.preventDefault();
+        const name = $('invite-name').value.trim();
+        const status = $('invite-status');
+        if (!name || !currentId) {
+            return;
+        }
+        status.className = '';
+        status.textContent = 'Inviting…';
+        try {
+            await client.invite(currentId, userIdFor(name));
+            $('invite-name').value = '';
+            status.textContent = `Invited ${name}.`;
+        } catch (e) {
+            status.className = 'error';
+            status.textContent = `Could not invite ${name}: `
+                + (e.message || e);
+        }
     };
 
     $('compose-text').oninput = () => {
@@ -231,7 +331,15 @@ function start(me) {
         if (st.status === 'error') {
             $('room-title').textContent += ` (${st.error.code}: `
                 + `${st.error.message})`;
+            if (st.error.code === 'ACCESS_DENIED') {
+                $('room-title').textContent +=
+                    ' It is private: ask its owner to invite you.';
+            }
         }
+        // the link is worth sharing for a public session only; the owner
+        // of any session may invite
+        $('share').hidden = !(st.info && st.info.isPublic);
+        $('invite-form').hidden = !(st.info && st.info.role === 'owner');
         if (st.status === 'live' && !wasLive) {
             refreshSessions();              // joining a link adds it
         }

@@ -14,7 +14,9 @@
  *     queue when the session is live again (the server's idempotency on
  *     clientMsgId makes a resend safe);
  *   - throttles typing notices and stops them by itself;
- *   - reports "away" while the page is hidden.
+ *   - reports "away" while the page is hidden;
+ *   - keeps the user's pending invitations (client.invitations) live, and
+ *     has the owner's ops: invite, accept, decline, revoke.
  */
 /* an "error" reply, as a rejected promise */
 export class CollabError extends Error {
@@ -354,6 +356,21 @@ export class CollabSession {
         }
         this.changed();
     }
+    /*
+     * The caller became a participant (an accepted invitation): a join
+     * that was refused while the UI still holds the session is tried
+     * again.
+     */
+    _accessGranted() {
+        if (this.status !== 'error' || this.users === 0) {
+            return;
+        }
+        this.wanted = true;
+        this.error = null;
+        this.status = 'idle';
+        this.changed();
+        this.startJoin();
+    }
     startJoin() {
         if (!this.wanted || !this.client._isOpen()) {
             if (this.wanted && this.status === 'idle') {
@@ -455,6 +472,12 @@ export class CollabSession {
                 return;
             case 'typing':
                 this.typingEvent(String(f.user), !!f.on);
+                return;
+            case 'member':
+                /* a newcomer's display name, before its first message */
+                if (typeof f.user === 'string' && typeof f.userName === 'string') {
+                    this.names.set(f.user, f.userName);
+                }
                 return;
             default:
                 return;
@@ -729,6 +752,127 @@ export class CollabSession {
         };
     }
 }
+/* --- the caller's invitations ---------------------------------------------- */
+/*
+ * client.invitations: the pending invitations of the signed-in user, kept
+ * up to date.  It reads the list from the server ("invitations") when it
+ * gets its first subscriber and after every (re)connection while it has
+ * subscribers, adds what "invitation" events bring and drops what is
+ * accepted, declined or revoked.  Events that arrive while a read is in
+ * flight are applied over its answer, so none is lost to the race.
+ */
+export class InvitationStore {
+    constructor(client) {
+        this.listeners = new Set();
+        this.byId = new Map();
+        this.loaded = false;
+        this.error = null;
+        this.dirty = false;
+        this.readGen = 0;
+        /* changes since the read in flight was sent: id -> new value or null */
+        this.changes = null;
+        /* useSyncExternalStore-compatible */
+        this.subscribe = (fn) => {
+            this.listeners.add(fn);
+            if (this.listeners.size === 1) {
+                if (this.client._isOpen()) {
+                    void this.refresh();
+                }
+                else {
+                    this.client._ensureConnected();
+                }
+            }
+            return () => { this.listeners.delete(fn); };
+        };
+        this.getSnapshot = () => {
+            if (this.dirty) {
+                this.snapshot = this.build();
+                this.dirty = false;
+            }
+            return this.snapshot;
+        };
+        this.client = client;
+        this.snapshot = this.build();
+    }
+    /* read the list from the server again */
+    async refresh() {
+        const gen = ++this.readGen;
+        this.changes = new Map();
+        let list;
+        try {
+            list = await this.client.listInvitations();
+        }
+        catch (e) {
+            if (gen === this.readGen) {
+                this.changes = null;
+                this.error = e;
+                this.changed();
+            }
+            return;
+        }
+        if (gen !== this.readGen) {
+            return;
+        }
+        const byId = new Map();
+        for (const inv of list) {
+            if (inv.status === 'pending') {
+                byId.set(inv.id, inv);
+            }
+        }
+        for (const [id, inv] of this.changes ?? []) {
+            if (inv) {
+                byId.set(id, inv);
+            }
+            else {
+                byId.delete(id);
+            }
+        }
+        this.changes = null;
+        this.byId = byId;
+        this.loaded = true;
+        this.error = null;
+        this.changed();
+    }
+    _connectionOpen() {
+        if (this.listeners.size > 0) {
+            void this.refresh();
+        }
+    }
+    _add(inv) {
+        if (inv.status !== 'pending') {
+            this._remove(inv.id);
+            return;
+        }
+        this.byId.set(inv.id, inv);
+        this.changes?.set(inv.id, inv);
+        this.changed();
+    }
+    _remove(id) {
+        this.changes?.set(id, null);
+        if (this.byId.delete(id)) {
+            this.changed();
+        }
+    }
+    changed() {
+        this.dirty = true;
+        for (const fn of Array.from(this.listeners)) {
+            try {
+                fn();
+            }
+            catch (e) {
+                setTimeout(() => { throw e; }, 0);
+            }
+        }
+    }
+    build() {
+        return {
+            invitations: Array.from(this.byId.values())
+                .sort((a, b) => b.id - a.id),
+            loaded: this.loaded,
+            error: this.error,
+        };
+    }
+}
 export class CollabClient {
     constructor(options) {
         /* the user id and name this client acts as, when the site tells it
@@ -743,6 +887,9 @@ export class CollabClient {
         };
         this.statusListeners = new Set();
         this.frameListeners = new Set();
+        this.invitationListeners = new Set();
+        this.revokedListeners = new Set();
+        this.memberListeners = new Set();
         this.sessions = new Map();
         this.pending = new Map();
         this.nextRef = 1;
@@ -775,6 +922,7 @@ export class CollabClient {
             maxSendAttempts: options.maxSendAttempts ?? 8,
         };
         this.clientMsgIdFn = options.newClientMsgId ?? randomClientMsgId;
+        this.invitations = new InvitationStore(this);
         this.visibility = options.visibility === undefined
             ? defaultVisibility() : options.visibility;
         if (this.visibility) {
@@ -920,6 +1068,7 @@ export class CollabClient {
         for (const s of this.sessions.values()) {
             s._connectionOpen();
         }
+        this.invitations._connectionOpen();
     }
     scheduleHeartbeat() {
         if (this._opts.heartbeatMs <= 0) {
@@ -1042,6 +1191,9 @@ export class CollabClient {
                 s._frame(f);
             }
         }
+        if (ref === undefined || ref === null) {
+            this.userEvent(f);
+        }
         for (const fn of Array.from(this.frameListeners)) {
             fn(f);
         }
@@ -1111,6 +1263,120 @@ export class CollabClient {
         await this.whenOpen();
         const r = await this.request('sessions', { limit });
         return r.sessions || [];
+    }
+    /* --- invitations (the owner invites; the invitee accepts) --- */
+    /* invite a user (by the site's user id) to a session the caller owns */
+    async invite(sessionId, userId) {
+        await this.whenOpen();
+        const r = await this.request('invite', { session: sessionId, user: userId });
+        return r.invitation;
+    }
+    /* the caller's pending invitations; with a session id: that
+     * session's pending invitations (its owner only) */
+    async listInvitations(sessionId) {
+        await this.whenOpen();
+        const r = await this.request('invitations', sessionId ? { session: sessionId } : {});
+        return r.invitations || [];
+    }
+    /*
+     * Accept an invitation: resolves with the session, which the caller
+     * may join now.  A session handle that was refused earlier and is
+     * still held joins again by itself.
+     */
+    async acceptInvitation(id) {
+        const r = await this.respond('accept', id);
+        const info = r.session;
+        if (info && typeof info.id === 'string') {
+            this.sessions.get(info.id)?._accessGranted();
+        }
+        return info;
+    }
+    async declineInvitation(id) {
+        const r = await this.respond('decline', id);
+        return r.session;
+    }
+    /* the owner takes an invitation back */
+    async revokeInvitation(id) {
+        await this.whenOpen();
+        await this.request('revoke', { invitation: id });
+    }
+    async respond(op, id) {
+        await this.whenOpen();
+        try {
+            const r = await this.request(op, { invitation: id });
+            this.invitations._remove(id);
+            return r;
+        }
+        catch (e) {
+            /* not ours, or not pending any more: it leaves the list */
+            if (e instanceof CollabError
+                && (e.code === 'NOT_FOUND' || e.code === 'CONFLICT')) {
+                this.invitations._remove(id);
+            }
+            throw e;
+        }
+    }
+    /* an invitation for the caller arrived (live, on any host) */
+    onInvitation(fn) {
+        this.invitationListeners.add(fn);
+        return () => { this.invitationListeners.delete(fn); };
+    }
+    onInvitationRevoked(fn) {
+        this.revokedListeners.add(fn);
+        return () => { this.revokedListeners.delete(fn); };
+    }
+    /* someone joined (accepted an invitation) or was removed from a
+     * session this connection joined */
+    onMember(fn) {
+        this.memberListeners.add(fn);
+        return () => { this.memberListeners.delete(fn); };
+    }
+    userEvent(f) {
+        switch (f.op) {
+            case 'invitation': {
+                const inv = f.invitation;
+                if (!inv || typeof inv.id !== 'number') {
+                    return;
+                }
+                this.invitations._add(inv);
+                for (const fn of Array.from(this.invitationListeners)) {
+                    fn(inv);
+                }
+                return;
+            }
+            case 'invitation_revoked': {
+                if (typeof f.invitation !== 'number') {
+                    return;
+                }
+                const ev = {
+                    invitation: f.invitation,
+                    session: String(f.session),
+                };
+                this.invitations._remove(ev.invitation);
+                for (const fn of Array.from(this.revokedListeners)) {
+                    fn(ev);
+                }
+                return;
+            }
+            case 'member': {
+                if (typeof f.session !== 'string' || typeof f.user !== 'string') {
+                    return;
+                }
+                const ev = {
+                    session: f.session,
+                    user: f.user,
+                    action: String(f.action),
+                    ...(f.userName !== undefined
+                        ? { userName: f.userName } : {}),
+                };
+                for (const fn of Array.from(this.memberListeners)) {
+                    fn(ev);
+                }
+                return;
+            }
+            default:
+                return;
+        }
     }
     /*
      * The session handle for an id (always the same object for the same
