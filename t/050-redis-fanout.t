@@ -33,237 +33,8 @@ use Mojo::JSON qw(encode_json);
 use Test::More;
 use Time::HiRes qw(time sleep);
 use Collab::Test;
-
-{
-# --- a collab.v1 client on the harness's raw WebSocket ----------------------
-#
-# (The client of t/03x-chat-*.t, plus open_on_worker(): a GET /pid on the
-# keep-alive connection before the upgrade tells which worker serves it.)
-
-package Chat;
-
-use strict;
-use warnings;
-
-use Carp qw(croak);
-use Digest::SHA qw(sha1_base64);
-use IO::Select;
-use MIME::Base64 qw(encode_base64);
-use Mojo::JSON qw(decode_json encode_json);
-use Time::HiRes qw(time);
-
-my $NREF = 0;
-
-# Chat->open_on_worker($t, port => ..., user => ..., path => '/chat'):
-# the client, with {pid} = the worker that serves its connection
-sub open_on_worker {
-    my ($class, $t, %o) = @_;
-    my $port = $o{port};
-    my $s = $t->_connect($port);
-    local $SIG{PIPE} = 'IGNORE';
-
-    print $s "GET /pid HTTP/1.1\r\nHost: 127.0.0.1:$port\r\n\r\n";
-    my ($status, $h) = Collab::Test::_read_head($s, time + 10);
-    croak "GET /pid: no answer" unless defined $status && $status == 200;
-    my $pid = Collab::Test::_take($s, $h->{'content-length'}, time + 10);
-    croak "GET /pid: no body" unless defined $pid && $pid =~ /^\d+$/;
-
-    my $key = encode_base64(join('', map { chr int rand 256 } 1 .. 16), '');
-    print $s "GET " . ($o{path} // '/chat') . " HTTP/1.1\r\n"
-        . "Host: 127.0.0.1:$port\r\n"
-        . "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        . "Sec-WebSocket-Key: $key\r\nSec-WebSocket-Version: 13\r\n"
-        . "Sec-WebSocket-Protocol: collab.v1\r\n"
-        . "X-User-Id: $o{user}\r\n\r\n";
-    ($status, $h) = Collab::Test::_read_head($s, time + 10);
-    croak "upgrade: status " . ($status // 'none') unless ($status // 0) == 101;
-    my $want = sha1_base64($key . '258EAFA5-E914-47DA-95CA-C5AB0DC85B11')
-        . '=';
-    croak "upgrade: bad Sec-WebSocket-Accept"
-        unless ($h->{'sec-websocket-accept'} // '') eq $want;
-
-    my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
-                       pid => $pid, frag => undef }, $class;
-    $self->_parse;
-    return $self;
-}
-
-# Chat->open($t, user => 'u1', port => ...): a plain client
-sub open {
-    my ($class, $t, %o) = @_;
-    my %h = ('Sec-WebSocket-Protocol' => 'collab.v1');
-    $h{'X-User-Id'} = $o{user} if defined $o{user};
-    $h{-port} = $o{port} if defined $o{port};
-    my $s = $t->ws_raw($o{path} // '/chat', %h);
-    my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
-                       frag => undef }, $class;
-    $self->_parse;
-    return $self;
-}
-
-sub user { $_[0]{user} }
-sub pid { $_[0]{pid} }
-
-sub close {
-    my ($self) = @_;
-    CORE::close($self->{s}) if $self->{s};
-    $self->{eof} = 1;
-}
-
-sub send {
-    my ($self, $req) = @_;
-    return $self->{t}->ws_send($self->{s}, opcode => 1,
-                               payload => encode_json($req));
-}
-
-sub _parse {
-    my ($self) = @_;
-    my $s = $self->{s};
-    my $buf = \${*$s}{collab_buf};
-    while (1) {
-        my $have = length $$buf;
-        last if $have < 2;
-        my ($b0, $b1) = unpack 'CC', $$buf;
-        my $len = $b1 & 0x7f;
-        my $off = 2;
-        if ($len == 126) {
-            last if $have < 4;
-            $len = unpack 'n', substr($$buf, 2, 2);
-            $off = 4;
-        } elsif ($len == 127) {
-            last if $have < 10;
-            $len = unpack 'Q>', substr($$buf, 2, 8);
-            $off = 10;
-        }
-        $off += 4 if $b1 & 0x80;
-        last if $have < $off + $len;
-        my $payload = substr($$buf, $off, $len);
-        substr($$buf, 0, $off + $len, '');
-
-        my ($fin, $op) = ($b0 & 0x80, $b0 & 0x0f);
-        if ($op == 9) {
-            $self->{t}->ws_send($s, opcode => 10, payload => $payload);
-            next;
-        }
-        next if $op == 10;
-        if ($op == 8) {
-            $self->{close_code} = length $payload >= 2
-                ? unpack('n', $payload) : 0;
-            next;
-        }
-        if ($op == 0) {
-            $self->{frag} .= $payload;
-            next unless $fin;
-            $payload = delete $self->{frag};
-            $op = 1;
-        } elsif (!$fin) {
-            $self->{frag} = $payload;
-            next;
-        }
-        next if $op != 1;
-        my $msg = eval { decode_json($payload) }
-            // { op => '(not JSON)', raw => $payload };
-        push @{ $self->{inbox} }, $msg;
-    }
-}
-
-sub _read {
-    my ($self) = @_;
-    my $n = sysread($self->{s}, my $chunk, 1 << 18);
-    if (!defined $n) {
-        return 1 if $!{EINTR} || $!{EAGAIN};
-        $self->{eof} = 1;
-        return 0;
-    }
-    if ($n == 0) {
-        $self->{eof} = 1;
-        return 0;
-    }
-    ${*{ $self->{s} }}{collab_buf} .= $chunk;
-    $self->_parse;
-    return 1;
-}
-
-sub pump {
-    my ($timeout, @c) = @_;
-    @c = grep { !$_->{eof} } @c;
-    return 0 unless @c;
-    my %by = map { fileno($_->{s}) => $_ } @c;
-    my @r = IO::Select->new(map { $_->{s} } @c)->can_read($timeout);
-    $by{ fileno $_ }->_read for @r;
-    return scalar @r;
-}
-
-sub take {
-    my ($self, $pred, $timeout) = @_;
-    my $end = time + ($timeout // 10);
-    while (1) {
-        my $in = $self->{inbox};
-        for my $i (0 .. $#$in) {
-            local $_ = $in->[$i];
-            return splice(@$in, $i, 1) if $pred->();
-        }
-        return undef if $self->{eof} || time >= $end;
-        pump($end - time, $self);
-    }
-}
-
-sub req {
-    my ($self, %r) = @_;
-    my $timeout = delete $r{-timeout} // 15;
-    $r{ref} //= 'r' . ++$NREF;
-    my $ref = $r{ref};
-    $self->send(\%r);
-    return $self->take(sub { defined $_->{ref} && $_->{ref} eq $ref },
-                       $timeout)
-        // { op => '(no reply)', ref => $ref };
-}
-
-
-# --- Redis over a socket (RESP) ---------------------------------------------
-
-package Redis::Tiny;
-
-use Carp qw(croak);
-use IO::Socket::INET;
-
-sub cmd {
-    my ($port, @args) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
-                                  Proto => 'tcp', Timeout => 5)
-        or croak "redis: connect $port: $!";
-    binmode $s;
-    print $s '*' . @args . "\r\n"
-        . join('', map { '$' . length($_) . "\r\n$_\r\n" } @args);
-    my $r = _reply($s);
-    CORE::close($s);
-    return $r;
-}
-
-sub _reply {
-    my ($s) = @_;
-    my $line = <$s> // croak "redis: no reply";
-    $line =~ s/\r\n$//;
-    my ($type, $rest) = (substr($line, 0, 1), substr($line, 1));
-    return $rest if $type eq '+' || $type eq ':';
-    return { error => $rest } if $type eq '-';
-    if ($type eq '$') {
-        return undef if $rest < 0;
-        my $data = '';
-        while (length $data < $rest + 2) {
-            read($s, $data, $rest + 2 - length $data, length $data)
-                or croak "redis: short read";
-        }
-        return substr($data, 0, $rest);
-    }
-    if ($type eq '*') {
-        return undef if $rest < 0;
-        return [map { _reply($s) } 1 .. $rest];
-    }
-    croak "redis: bad reply '$line'";
-}
-
-}
+use Collab::Chat;
+use Collab::RedisTiny;
 
 my $t = Collab::Test->new;
 $t->start_pg;
@@ -309,8 +80,9 @@ sub spread {
     my $n = 0;
     for my $try (1 .. 400) {
         last if @c == 2 * $PER_WORKER;
-        my $c = Chat->open_on_worker($t, port => $port{$inst},
-                                     user => "u$inst" . $n++);
+        my $c = Collab::Chat->open_on_worker($t, port => $port{$inst},
+                                             user => "u$inst" . $n++,
+                                             nontext => 'drop');
         if (($on{ $c->pid } // 0) >= $PER_WORKER) {
             $c->close;
             next;
@@ -337,7 +109,8 @@ is($placed, 4, "$PER_WORKER connections on each of the four workers")
     or diag(explain({ map { $_ => scalar @{ $by_worker{$_} } }
                       keys %by_worker }), explain(\%workers));
 
-my $owner = Chat->open($t, user => 'owner', port => $port{a});
+my $owner = Collab::Chat->open($t, user => 'owner', port => $port{a},
+                                nontext => 'drop');
 my $r = $owner->req(op => 'create', title => 'relay', isPublic => \1);
 my $slug = $r->{session}{id};
 my $sid = $dbh->selectrow_array(
@@ -357,7 +130,8 @@ is($joined, scalar @clients, 'every connection joined');
 my $chan = "collab:s:$sid";
 my $numsub;
 for (1 .. 100) {
-    $numsub = Redis::Tiny::cmd($t->redis_port, 'PUBSUB', 'NUMSUB', $chan);
+    $numsub = Collab::RedisTiny::cmd($t->redis_port, 'PUBSUB', 'NUMSUB',
+                                     $chan);
     last if ($numsub->[1] // 0) == 4;
     sleep 0.05;
 }
@@ -405,7 +179,7 @@ while (time < $end) {
         }
         $sent{$u} = $n;
     }
-    Chat::pump(0.05, @clients);
+    Collab::Chat::pump(0.05, @clients);
     collect();
     last unless grep { ($acks{ $_->user } // 0) + ($errors{ $_->user } // 0)
                        < $MSGS } @senders;
@@ -416,7 +190,7 @@ my $FIRST = $TOTAL - $LAST;
 while (time < $end
        && grep { @{ $events{ $_->user } // [] } < $FIRST } @clients)
 {
-    Chat::pump(0.05, @clients);
+    Collab::Chat::pump(0.05, @clients);
     collect();
 }
 
@@ -431,7 +205,7 @@ for my $k (1 .. $LAST) {
                   clientMsgId => "$lu-last-$k", ref => "l$k" });
     my $n = ($acks{$lu} // 0) + ($errors{$lu} // 0);
     while (time < $end && ($acks{$lu} // 0) + ($errors{$lu} // 0) == $n) {
-        Chat::pump(0.05, @clients);
+        Collab::Chat::pump(0.05, @clients);
         collect();
     }
 }
@@ -440,10 +214,10 @@ is($acks{$lu}, $LAST, "the lone sender got $LAST acks");
 while (time < $end
        && grep { @{ $events{ $_->user } // [] } < $TOTAL } @clients)
 {
-    Chat::pump(0.05, @clients);
+    Collab::Chat::pump(0.05, @clients);
     collect();
 }
-Chat::pump(0.2, @clients);
+Collab::Chat::pump(0.2, @clients);
 collect();
 
 is(scalar(keys %errors), 0, 'no send was refused');
@@ -513,8 +287,8 @@ is($differ, 0, 'every connection got the same event for each seq');
 $_->close for @clients;
 my $chans;
 for (1 .. 100) {
-    $chans = Redis::Tiny::cmd($t->redis_port, 'PUBSUB', 'CHANNELS',
-                              'collab:s:*');
+    $chans = Collab::RedisTiny::cmd($t->redis_port, 'PUBSUB', 'CHANNELS',
+                                    'collab:s:*');
     last unless @$chans;
     sleep 0.05;
 }
