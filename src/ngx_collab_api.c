@@ -50,6 +50,8 @@ typedef struct {
     ngx_collab_ws_t             ws;            /* the ops' log and conf */
     ngx_collab_api_route_e      route;
     json_t                     *req;
+    ngx_event_t                 finish;        /* finalizes after the op */
+    ngx_int_t                   rc;
     unsigned                    replied:1;
 } ngx_collab_api_t;
 
@@ -57,6 +59,7 @@ typedef struct {
 static void ngx_collab_api_body(ngx_http_request_t *r);
 static ngx_int_t ngx_collab_api_route(ngx_collab_api_t *api, json_t *body);
 static void ngx_collab_api_cleanup(void *data);
+static void ngx_collab_api_finish(ngx_event_t *ev);
 static ngx_int_t ngx_collab_api_fail(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 static ngx_int_t ngx_collab_api_send(ngx_http_request_t *r,
@@ -225,7 +228,10 @@ ngx_collab_api_body(ngx_http_request_t *r)
 
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
             b = cl->buf;
-            last = ngx_cpymem(last, b->pos, b->last - b->pos);
+
+            if (b->last > b->pos) {
+                last = ngx_cpymem(last, b->pos, b->last - b->pos);
+            }
         }
 
         body = json_loadb((char *) p, last - p, JSON_REJECT_DUPLICATES,
@@ -485,13 +491,10 @@ dispatch:
 void
 ngx_collab_api_reply(ngx_collab_conn_t *conn, json_t *reply)
 {
-    json_t              *op, *code;
-    ngx_int_t            rc;
-    ngx_uint_t           i, status;
-    const char          *s;
-    ngx_connection_t    *c;
-    ngx_collab_api_t    *api;
-    ngx_http_request_t  *r;
+    json_t            *op, *code;
+    ngx_uint_t         i, status;
+    const char        *s;
+    ngx_collab_api_t  *api;
 
     api = conn->api;
 
@@ -502,8 +505,20 @@ ngx_collab_api_reply(ngx_collab_conn_t *conn, json_t *reply)
 
     api->replied = 1;
 
+    /*
+     * The request is finalized from a posted event, not here: the op
+     * that replied may still read its conn (made from the request's
+     * pool) before it returns.
+     */
+
+    api->finish.handler = ngx_collab_api_finish;
+    api->finish.data = api;
+    api->finish.log = api->r->connection->log;
+
+    ngx_post_event(&api->finish, &ngx_posted_events);
+
     if (reply == NULL) {
-        ngx_http_finalize_request(api->r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        api->rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return;
     }
 
@@ -533,13 +548,23 @@ ngx_collab_api_reply(ngx_collab_conn_t *conn, json_t *reply)
 
     json_object_del(reply, "ref");
 
+    api->rc = ngx_collab_api_send(api->r, status, reply);
+    json_decref(reply);
+}
+
+
+static void
+ngx_collab_api_finish(ngx_event_t *ev)
+{
+    ngx_collab_api_t    *api;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    api = ev->data;
     r = api->r;
     c = r->connection;
 
-    rc = ngx_collab_api_send(r, status, reply);
-    json_decref(reply);
-
-    ngx_http_finalize_request(r, rc);
+    ngx_http_finalize_request(r, api->rc);
     ngx_http_run_posted_requests(c);
 }
 
@@ -862,6 +887,10 @@ ngx_collab_api_cleanup(void *data)
     ngx_collab_api_t  *api = data;
 
     api->r = NULL;
+
+    if (api->finish.posted) {
+        ngx_delete_posted_event(&api->finish);
+    }
 
     ngx_collab_conn_close(api->conn);
 

@@ -129,7 +129,7 @@ ngx_collab_room_get(int64_t id, ngx_str_t *slug, ngx_log_t *log)
 
     room->gap.handler = ngx_collab_room_gap;
     room->gap.data = room;
-    room->gap.log = log;
+    room->gap.log = ngx_cycle->log;     /* the room outlives connections */
     room->gap.cancelable = 1;
 
     ngx_rbtree_insert(&ngx_collab_rooms, &room->node);
