@@ -186,6 +186,13 @@ static ngx_command_t  ngx_collab_commands[] = {
       offsetof(ngx_collab_main_conf_t, ai.model),
       NULL },
 
+    { ngx_string("collab_ai_image_model"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t, ai.image_model),
+      NULL },
+
     { ngx_string("collab_ai_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -462,6 +469,10 @@ ngx_collab_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (cmcf->ai.model.len == 0) {
         ngx_str_set(&cmcf->ai.model, "openai/gpt-4o-mini");
+    }
+
+    if (cmcf->ai.image_model.len == 0) {
+        ngx_str_set(&cmcf->ai.image_model, "dall-e-3");
     }
 
     if (cmcf->ai.context == 0 || cmcf->ai.context > 200

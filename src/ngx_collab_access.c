@@ -590,7 +590,8 @@ ngx_collab_op_update(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     size_t      i, len, chars;
     json_t     *title, *pub, *max;
     int64_t     n;
-    ngx_str_t   params[6];
+    ngx_int_t   rc;
+    ngx_str_t   params[8];
     u_char      buf[NGX_INT64_LEN], *p;
 
     if (ngx_collab_slug(req, &params[0]) != NGX_OK) {
@@ -604,6 +605,7 @@ ngx_collab_op_update(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_str_null(&params[3]);
     ngx_str_null(&params[4]);
     ngx_str_set(&params[5], "false");
+    ngx_str_set(&params[7], "false");
 
     title = json_object_get(req, "title");
 
@@ -665,7 +667,20 @@ ngx_collab_op_update(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         params[4].len = p - buf;
     }
 
-    ngx_collab_access_send(conn, ref, ngx_collab_sql_update_session, 6,
+    rc = ngx_collab_get_ai_trigger(req, &params[6]);
+
+    if (rc == NGX_ERROR) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"aiTrigger\" must be \"mention\", "
+                                  "\"always\", \"off\" or null");
+        return;
+    }
+
+    if (rc == NGX_DONE) {
+        ngx_str_set(&params[7], "true");
+    }
+
+    ngx_collab_access_send(conn, ref, ngx_collab_sql_update_session, 8,
                            params, ngx_collab_op_update_done,
                            NGX_COLLAB_OP_UPDATE);
     return;
@@ -720,7 +735,9 @@ ngx_collab_op_update_done(ngx_collab_pg_query_t *q, PGresult *res)
 
             if (msg) {
                 ngx_collab_access_event(ngx_collab_store_int(res, 0, "id"),
-                                        'E', 0, msg);
+                                        'U',
+                                        ngx_collab_store_ai_trigger(res, 0),
+                                        msg);
                 ngx_collab_ws_msg_release(msg);
             }
         }
@@ -795,7 +812,9 @@ done:
 /*
  * An event for a session's connections, here and on every other worker
  * and host: 'E' tells them, 'K' also makes the user's connections leave
- * the session (user 0: everyone's), 'D' makes everyone leave.
+ * the session (user 0: everyone's), 'D' makes everyone leave, 'U' (the
+ * session was updated) also sets the room's AI trigger to "user" (an
+ * NGX_COLLAB_AI_* value): the room keeps what the next send needs.
  */
 
 void
@@ -828,6 +847,14 @@ ngx_collab_access_apply(ngx_collab_room_t *room, u_char kind, int64_t user,
 
     case 'D':
         ngx_collab_protocol_kick(room, 0, msg);
+        return;
+
+    case 'U':
+        if (user >= NGX_COLLAB_AI_OFF && user <= NGX_COLLAB_AI_SERVER) {
+            room->ai_trigger = (ngx_uint_t) user;
+        }
+
+        ngx_collab_room_broadcast(room, msg, 0);
         return;
 
     default:

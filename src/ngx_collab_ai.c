@@ -9,8 +9,10 @@
  * shared live with everyone in the session.
  *
  * A stored user message that addresses the assistant (collab_ai_trigger:
- * "mention", a body starting with "@ai"; "always"; "off") starts a job on
- * the worker that committed it, so exactly once in the cluster.  The job
+ * "mention", a body starting with "@ai"; "always"; "off"; or the
+ * session's own choice, chat_sessions.ai_trigger, which the room carries
+ * from its join and from "update" events) starts a job on the worker
+ * that committed it, so exactly once in the cluster.  The job
  * reads the session's recent messages from PostgreSQL
  * (collab_ai_context), POSTs {model, messages, stream: true} to
  * <collab_ai_endpoint>/chat/completions, parses the Server-Sent Events as
@@ -25,6 +27,15 @@
  * arrived, marked cancelled; a reply cut at collab_ai_max_tokens is stored
  * marked truncated.  One job per session at a time, collab_ai_concurrency
  * per worker, collab_rate_ai per user.
+ *
+ * In a "text-to-image" session the job instead POSTs {model, prompt, n: 1,
+ * response_format: "b64_json"} to <collab_ai_endpoint>/images/generations
+ * (collab_ai_image_model; the prompt is the message without its "@ai"),
+ * tells the session "ai_progress" {stage: "generating"} when the request
+ * is out, reads the one JSON answer (at most NGX_COLLAB_AI_IMAGE_MAX
+ * bytes) and stores one message of kind "ai" whose metadata holds the
+ * image, as a data: URL (or the provider's URL when it gives one); the
+ * faults are those of a chat reply.
  *
  * libcurl runs on nginx's event loop through its multi socket interface:
  * CURLMOPT_SOCKETFUNCTION gives each socket to an ngx_connection_t with
@@ -59,6 +70,8 @@
 #define NGX_COLLAB_AI_LINE       16384
 #define NGX_COLLAB_AI_DATA       65536
 #define NGX_COLLAB_AI_ERROR_BODY 512
+#define NGX_COLLAB_AI_IMAGE_BUF  65536
+#define NGX_COLLAB_AI_IMAGE_MAX  (4 * 1024 * 1024)
 
 
 typedef struct {
@@ -83,6 +96,10 @@ typedef struct {
     unsigned                    malformed:1;
     unsigned                    truncated:1;
     unsigned                    started:1;     /* the request is out */
+    unsigned                    image:1;       /* images/generations */
+    unsigned                    oversize:1;    /* > NGX_COLLAB_AI_IMAGE_MAX */
+
+    ngx_str_t                   prompt;        /* image: what was asked */
 } ngx_collab_ai_job_t;
 
 
@@ -90,6 +107,13 @@ static void ngx_collab_ai_context_done(ngx_collab_pg_query_t *q,
     PGresult *res);
 static ngx_int_t ngx_collab_ai_start(ngx_collab_ai_job_t *job,
     PGresult *res);
+static ngx_int_t ngx_collab_ai_start_image(ngx_collab_ai_job_t *job,
+    ngx_str_t *body);
+static ngx_int_t ngx_collab_ai_post(ngx_collab_ai_job_t *job,
+    const char *path, const char *accept);
+static size_t ngx_collab_ai_image_write(ngx_collab_ai_job_t *job, char *ptr,
+    size_t n);
+static void ngx_collab_ai_finish_image(ngx_collab_ai_job_t *job);
 static size_t ngx_collab_ai_write(char *ptr, size_t size, size_t n,
     void *userdata);
 static int ngx_collab_ai_sse_event(void *ctx, const u_char *data,
@@ -189,17 +213,25 @@ void
 ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq, int64_t user,
     ngx_str_t *body)
 {
+    ngx_uint_t              trigger;
     ngx_msec_t              delay;
     ngx_collab_ai_job_t    *job;
     ngx_collab_pg_query_t  *q;
 
-    if (ngx_collab_ai_multi == NULL
-        || ngx_collab_ai_conf->trigger == NGX_COLLAB_AI_OFF)
-    {
+    if (ngx_collab_ai_multi == NULL) {
         return;
     }
 
-    if (ngx_collab_ai_conf->trigger == NGX_COLLAB_AI_MENTION
+    /* the session's own choice, else the server's */
+
+    trigger = (room->ai_trigger != NGX_COLLAB_AI_SERVER)
+              ? room->ai_trigger : ngx_collab_ai_conf->trigger;
+
+    if (trigger == NGX_COLLAB_AI_OFF) {
+        return;
+    }
+
+    if (trigger == NGX_COLLAB_AI_MENTION
         && (body->len < 3
             || ngx_strncasecmp(body->data, (u_char *) "@ai", 3) != 0
             || (body->len > 3 && body->data[3] != ' '
@@ -236,6 +268,19 @@ ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq, int64_t user,
 
     job->room = room;
     job->reply_to = seq;
+
+    if (room->ai_image) {
+        job->image = 1;
+        job->text_size = NGX_COLLAB_AI_IMAGE_BUF;
+
+        job->text = ngx_alloc(job->text_size, ngx_collab_ai_log);
+        if (job->text == NULL) {
+            goto failed;
+        }
+
+        goto ready;
+    }
+
     job->text_size = ngx_min(ngx_collab_ai_conf->max_tokens * 32 + 4096,
                              1024 * 1024);
 
@@ -251,6 +296,8 @@ ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq, int64_t user,
     job->sse.line_size = NGX_COLLAB_AI_LINE;
     job->sse.data_size = NGX_COLLAB_AI_DATA;
 
+ready:
+
     job->flush.handler = ngx_collab_ai_flush_handler;
     job->flush.data = job;
     job->flush.log = ngx_collab_ai_log;
@@ -259,6 +306,19 @@ ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq, int64_t user,
     room->ai = job;
     ngx_queue_insert_tail(&ngx_collab_ai_jobs, &job->queue);
     ngx_collab_ai_njobs++;
+
+    if (job->image) {
+
+        /* a picture needs no history: the request goes out at once */
+
+        if (ngx_collab_ai_start_image(job, body) != NGX_OK) {
+            ngx_collab_ai_error(room, seq, "UNAVAILABLE",
+                                "the assistant could not be reached");
+            ngx_collab_ai_free(job);
+        }
+
+        return;
+    }
 
     /* the conversation so far, the newest collab_ai_context messages */
 
@@ -290,6 +350,35 @@ failed:
     ngx_free(job->sse.line);
     ngx_free(job->sse.data);
     ngx_free(job);
+}
+
+
+/*
+ * A session's "aiTrigger" as stored (chat_sessions.ai_trigger): the
+ * NGX_COLLAB_AI_* value, NGX_COLLAB_AI_SERVER for NULL (name NULL), or
+ * NGX_ERROR for anything else.
+ */
+
+ngx_int_t
+ngx_collab_ai_trigger_value(u_char *name, size_t len)
+{
+    if (name == NULL) {
+        return NGX_COLLAB_AI_SERVER;
+    }
+
+    if (len == 7 && ngx_strncmp(name, "mention", 7) == 0) {
+        return NGX_COLLAB_AI_MENTION;
+    }
+
+    if (len == 6 && ngx_strncmp(name, "always", 6) == 0) {
+        return NGX_COLLAB_AI_ALWAYS;
+    }
+
+    if (len == 3 && ngx_strncmp(name, "off", 3) == 0) {
+        return NGX_COLLAB_AI_OFF;
+    }
+
+    return NGX_ERROR;
 }
 
 
@@ -332,9 +421,7 @@ ngx_collab_ai_start(ngx_collab_ai_job_t *job, PGresult *res)
 {
     int                    i, n;
     char                  *kind, *name, *body;
-    u_char                *p, url[1024], auth[1100];
     json_t                *messages, *m, *req;
-    CURL                  *easy;
     ngx_collab_ai_conf_t  *acf;
 
     acf = ngx_collab_ai_conf;
@@ -387,13 +474,111 @@ ngx_collab_ai_start(ngx_collab_ai_job_t *job, PGresult *res)
         return NGX_ERROR;
     }
 
-    p = ngx_snprintf(url, sizeof(url) - 1, "%V/chat/completions",
-                     &acf->endpoint);
+    return ngx_collab_ai_post(job, "chat/completions", "text/event-stream");
+}
+
+
+/*
+ * The request of a text-to-image session: the message is the prompt,
+ * without the "@ai" that called on the assistant.  Tells the session
+ * that the picture is being made once the request is out.
+ */
+
+static ngx_int_t
+ngx_collab_ai_start_image(ngx_collab_ai_job_t *job, ngx_str_t *body)
+{
+    u_char                *p, *last;
+    json_t                *req;
+    ngx_str_t              prompt;
+    ngx_collab_ai_conf_t  *acf;
+
+    acf = ngx_collab_ai_conf;
+
+    prompt = *body;
+
+    if (prompt.len >= 3
+        && ngx_strncasecmp(prompt.data, (u_char *) "@ai", 3) == 0
+        && (prompt.len == 3 || prompt.data[3] == ' '
+            || prompt.data[3] == ',' || prompt.data[3] == ':'
+            || prompt.data[3] == '\n'))
+    {
+        p = prompt.data + 3;
+        last = prompt.data + prompt.len;
+
+        while (p < last && (*p == ' ' || *p == ',' || *p == ':'
+                            || *p == '\n' || *p == '\r' || *p == '\t'))
+        {
+            p++;
+        }
+
+        if (p < last) {
+            prompt.data = p;
+            prompt.len = last - p;
+        }
+    }
+
+    job->prompt.data = ngx_alloc(prompt.len, ngx_collab_ai_log);
+    if (job->prompt.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    job->prompt.len = prompt.len;
+    ngx_memcpy(job->prompt.data, prompt.data, prompt.len);
+
+    req = json_pack("{s:s%,s:s%,s:i,s:s}",
+                    "model", acf->image_model.data, acf->image_model.len,
+                    "prompt", prompt.data, prompt.len,
+                    "n", 1,
+                    "response_format", "b64_json");
+    if (req == NULL) {
+        return NGX_ERROR;
+    }
+
+    job->request = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+
+    if (job->request == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_collab_ai_post(job, "images/generations", "application/json")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_collab_ai_event(job->room,
+                        json_pack("{s:s,s:s%,s:I,s:s}",
+                                  "op", "ai_progress",
+                                  "session", job->room->slug.data,
+                                  job->room->slug.len,
+                                  "replyTo", (json_int_t) job->reply_to,
+                                  "stage", "generating"));
+
+    return NGX_OK;
+}
+
+
+/* job->request to <collab_ai_endpoint>/<path>, on the multi handle */
+
+static ngx_int_t
+ngx_collab_ai_post(ngx_collab_ai_job_t *job, const char *path,
+    const char *accept)
+{
+    u_char                *p, url[1024], hdr[64], auth[1100];
+    CURL                  *easy;
+    ngx_collab_ai_conf_t  *acf;
+
+    acf = ngx_collab_ai_conf;
+
+    p = ngx_snprintf(url, sizeof(url) - 1, "%V/%s", &acf->endpoint, path);
+    *p = '\0';
+
+    p = ngx_snprintf(hdr, sizeof(hdr) - 1, "Accept: %s", accept);
     *p = '\0';
 
     job->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    job->headers = curl_slist_append(job->headers,
-                                     "Accept: text/event-stream");
+    job->headers = curl_slist_append(job->headers, (char *) hdr);
 
     if (acf->key.len) {
         p = ngx_snprintf(auth, sizeof(auth) - 1, "Authorization: Bearer %V",
@@ -466,8 +651,14 @@ ngx_collab_ai_write(char *ptr, size_t size, size_t n, void *userdata)
         return n;
     }
 
-    if (job->cancelled || job->malformed || job->truncated) {
+    if (job->cancelled || job->malformed || job->truncated
+        || job->oversize)
+    {
         return 0;               /* stops the transfer */
+    }
+
+    if (job->image) {
+        return ngx_collab_ai_image_write(job, ptr, n);
     }
 
     if (ngx_collab_sse_feed(&job->sse, (u_char *) ptr, n,
@@ -480,6 +671,43 @@ ngx_collab_ai_write(char *ptr, size_t size, size_t n, void *userdata)
 
         return job->done ? n : 0;
     }
+
+    return n;
+}
+
+
+/* an image's answer: kept whole, up to NGX_COLLAB_AI_IMAGE_MAX bytes */
+
+static size_t
+ngx_collab_ai_image_write(ngx_collab_ai_job_t *job, char *ptr, size_t n)
+{
+    u_char  *text;
+    size_t   size;
+
+    if (job->text_len + n > NGX_COLLAB_AI_IMAGE_MAX) {
+        job->oversize = 1;
+        return 0;               /* stops the transfer */
+    }
+
+    if (job->text_len + n > job->text_size) {
+        size = ngx_min(ngx_max(job->text_size * 2, job->text_len + n),
+                       NGX_COLLAB_AI_IMAGE_MAX);
+
+        text = ngx_alloc(size, ngx_collab_ai_log);
+        if (text == NULL) {
+            job->malformed = 1;
+            return 0;
+        }
+
+        ngx_memcpy(text, job->text, job->text_len);
+        ngx_free(job->text);
+
+        job->text = text;
+        job->text_size = size;
+    }
+
+    ngx_memcpy(job->text + job->text_len, ptr, n);
+    job->text_len += n;
 
     return n;
 }
@@ -604,6 +832,12 @@ ngx_collab_ai_finish(ngx_collab_ai_job_t *job, CURLcode rc)
     }
 
     if (job->cancelled) {
+        if (job->image) {
+            ngx_collab_ai_error(job->room, job->reply_to, "CANCELLED",
+                                "the reply was cancelled");
+            goto done;
+        }
+
         goto store;
     }
 
@@ -620,6 +854,16 @@ ngx_collab_ai_finish(ngx_collab_ai_job_t *job, CURLcode rc)
                             status < 500 ? "PROVIDER_REJECTED"
                                          : "PROVIDER_FAILED",
                             (char *) msg);
+        goto done;
+    }
+
+    if (job->oversize) {
+        ngx_log_error(NGX_LOG_ERR, ngx_collab_ai_log, 0,
+                      "collab: ai: the provider's image answer is larger "
+                      "than %d bytes", NGX_COLLAB_AI_IMAGE_MAX);
+
+        ngx_collab_ai_error(job->room, job->reply_to, "MALFORMED",
+                            "the AI provider's answer was too large");
         goto done;
     }
 
@@ -647,6 +891,11 @@ ngx_collab_ai_finish(ngx_collab_ai_job_t *job, CURLcode rc)
                                 "the AI provider could not be reached");
         }
 
+        goto done;
+    }
+
+    if (job->image) {
+        ngx_collab_ai_finish_image(job);
         goto done;
     }
 
@@ -709,6 +958,141 @@ done:
 }
 
 
+/*
+ * The provider's {"data": [{"b64_json": ...} or {"url": ...}]}: one
+ * message of kind "ai" whose metadata holds the image, as a data: URL
+ * or the provider's http(s) URL; its body is the provider's
+ * "revised_prompt", or the prompt.
+ */
+
+static void
+ngx_collab_ai_finish_image(ngx_collab_ai_job_t *job)
+{
+    u_char      *image, *p, c, cmid[NGX_INT64_LEN + 4];
+    char        *m;
+    json_t      *res, *item, *b64, *url, *revised, *meta;
+    size_t       i, len;
+    ngx_str_t    body, metadata, id;
+    const char  *s;
+
+    image = NULL;
+    meta = NULL;
+    m = NULL;
+
+    res = json_loadb((char *) job->text, job->text_len, 0, NULL);
+    item = json_array_get(json_object_get(res, "data"), 0);
+    b64 = json_object_get(item, "b64_json");
+    url = json_object_get(item, "url");
+    revised = json_object_get(item, "revised_prompt");
+
+    if (json_is_string(b64) && json_string_length(b64) > 0) {
+        s = json_string_value(b64);
+        len = json_string_length(b64);
+
+        /* base64 only: it goes into a data: URL as it is */
+
+        for (i = 0; i < len; i++) {
+            c = (u_char) s[i];
+
+            if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+                  || (c >= '0' && c <= '9') || c == '+' || c == '/'
+                  || (c == '=' && i + 2 >= len)))
+            {
+                goto malformed;
+            }
+        }
+
+        image = ngx_alloc(sizeof("data:image/png;base64,") - 1 + len,
+                          ngx_collab_ai_log);
+        if (image == NULL) {
+            goto failed;
+        }
+
+        p = ngx_cpymem(image, "data:image/png;base64,",
+                       sizeof("data:image/png;base64,") - 1);
+        p = ngx_cpymem(p, s, len);
+
+        meta = json_pack("{s:s%}", "image", image, (size_t) (p - image));
+
+    } else if (json_is_string(url)
+               && (ngx_strncmp(json_string_value(url), "https://", 8) == 0
+                   || ngx_strncmp(json_string_value(url), "http://", 7)
+                      == 0))
+    {
+        meta = json_pack("{s:O}", "image", url);
+
+    } else {
+        goto malformed;
+    }
+
+    if (meta == NULL
+        || json_object_set_new(meta, "replyTo",
+                               json_integer(job->reply_to))
+        || json_object_set_new(meta, "model",
+                               json_stringn((char *)
+                                   ngx_collab_ai_conf->image_model.data,
+                                   ngx_collab_ai_conf->image_model.len)))
+    {
+        goto failed;
+    }
+
+    m = json_dumps(meta, JSON_COMPACT);
+    if (m == NULL) {
+        goto failed;
+    }
+
+    if (json_is_string(revised) && json_string_length(revised) > 0) {
+        body.data = (u_char *) json_string_value(revised);
+        body.len = json_string_length(revised);
+
+    } else {
+        body = job->prompt;
+    }
+
+    metadata.data = (u_char *) m;
+    metadata.len = ngx_strlen(m);
+
+    p = ngx_sprintf(cmid, "ai:%L", job->reply_to);
+    id.data = cmid;
+    id.len = p - cmid;
+
+    if (ngx_collab_send_ai(job->room, &body, &metadata, &id) != NGX_OK) {
+        goto failed;
+    }
+
+    goto done;
+
+malformed:
+
+    ngx_log_error(NGX_LOG_ERR, ngx_collab_ai_log, 0,
+                  "collab: ai: the provider's image answer holds no image: "
+                  "%*s", ngx_min(job->text_len, NGX_COLLAB_AI_ERROR_BODY),
+                  job->text);
+
+    ngx_collab_ai_error(job->room, job->reply_to, "MALFORMED",
+                        "the AI provider's answer held no image");
+    goto done;
+
+failed:
+
+    ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
+                        "the reply could not be stored");
+
+done:
+
+    if (m) {
+        free(m);
+    }
+
+    json_decref(meta);
+    json_decref(res);
+
+    if (image) {
+        ngx_free(image);
+    }
+}
+
+
 /* ai_cancel: stops the session's reply, keeping what arrived */
 
 ngx_int_t
@@ -765,6 +1149,10 @@ ngx_collab_ai_free(ngx_collab_ai_job_t *job)
 
     if (room->ai == job) {
         room->ai = NULL;
+    }
+
+    if (job->prompt.data) {
+        ngx_free(job->prompt.data);
     }
 
     ngx_free(job->text);

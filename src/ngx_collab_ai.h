@@ -15,6 +15,7 @@
 #define NGX_COLLAB_AI_OFF      0
 #define NGX_COLLAB_AI_MENTION  1
 #define NGX_COLLAB_AI_ALWAYS   2
+#define NGX_COLLAB_AI_SERVER   3        /* a session's: collab_ai_trigger */
 
 
 typedef struct ngx_collab_room_s  ngx_collab_room_t;
@@ -24,6 +25,7 @@ typedef struct {
     ngx_str_t                   endpoint;      /* no trailing slash */
     ngx_str_t                   key;
     ngx_str_t                   model;
+    ngx_str_t                   image_model;   /* text-to-image sessions */
     ngx_msec_t                  timeout;
     ngx_uint_t                  max_tokens;
     ngx_uint_t                  context;
@@ -38,6 +40,7 @@ void ngx_collab_ai_exit_process(ngx_cycle_t *cycle);
 void ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq,
     int64_t user, ngx_str_t *body);
 ngx_int_t ngx_collab_ai_cancel(ngx_collab_room_t *room);
+ngx_int_t ngx_collab_ai_trigger_value(u_char *name, size_t len);
 
 
 #endif /* _NGX_COLLAB_AI_H_INCLUDED_ */

@@ -737,6 +737,7 @@ ngx_collab_op_create(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     int64_t                 max;
     json_t                 *title, *type, *pub;
     ngx_int_t               rc;
+    ngx_str_t               trigger;
     const char             *t, *ty;
     ngx_collab_req_t       *cr;
     ngx_collab_pg_query_t  *q;
@@ -805,14 +806,21 @@ ngx_collab_op_create(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
+    if (ngx_collab_get_ai_trigger(req, &trigger) == NGX_ERROR) {
+        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                                  "\"aiTrigger\" must be \"mention\", "
+                                  "\"always\", \"off\" or null");
+        return;
+    }
+
     cr = ngx_collab_req_create(conn, 0, ref);
     if (cr == NULL) {
         return;
     }
 
-    q = ngx_collab_pg_query_create(ngx_collab_sql_create_session, 6,
+    q = ngx_collab_pg_query_create(ngx_collab_sql_create_session, 7,
                                    len + 16 + NGX_INT64_LEN * 2 + 5
-                                   + conn->user.len);
+                                   + conn->user.len + trigger.len);
     if (q == NULL) {
         ngx_collab_req_free(cr);
         return;
@@ -837,6 +845,7 @@ ngx_collab_op_create(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     }
 
     (void) ngx_collab_pg_param(q, 5, conn->user.data, conn->user.len);
+    (void) ngx_collab_pg_param(q, 6, trigger.data, trigger.len);
 
     (void) ngx_collab_req_send(cr, q, ngx_collab_op_create_done);
 }
@@ -1092,6 +1101,12 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
     if (room->seq < 0) {
         room->seq = ngx_collab_store_int(res, 0, "last_seq");
     }
+
+    /* what the assistant needs: "update" events keep the trigger fresh */
+
+    room->ai_trigger = ngx_collab_store_ai_trigger(res, 0);
+    room->ai_image = ngx_collab_store_equals(res, 0, "type",
+                                             "text-to-image");
 
     m = NULL;
 
@@ -1939,6 +1954,44 @@ ngx_collab_get_int(json_t *req, const char *name, int64_t min, int64_t max,
     }
 
     *value = n;
+
+    return NGX_OK;
+}
+
+
+/*
+ * "aiTrigger": NGX_OK: "mention", "always" or "off" (*value points into
+ * the request); NGX_DONE: null (the server's collab_ai_trigger);
+ * NGX_DECLINED: absent; NGX_ERROR: anything else
+ */
+
+ngx_int_t
+ngx_collab_get_ai_trigger(json_t *req, ngx_str_t *value)
+{
+    json_t  *v;
+
+    ngx_str_null(value);
+
+    v = json_object_get(req, "aiTrigger");
+
+    if (v == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (json_is_null(v)) {
+        return NGX_DONE;
+    }
+
+    if (!json_is_string(v)
+        || ngx_collab_ai_trigger_value((u_char *) json_string_value(v),
+                                       json_string_length(v))
+           == NGX_ERROR)
+    {
+        return NGX_ERROR;
+    }
+
+    value->data = (u_char *) json_string_value(v);
+    value->len = json_string_length(v);
 
     return NGX_OK;
 }

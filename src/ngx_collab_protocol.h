@@ -87,6 +87,7 @@ ngx_collab_member_t *ngx_collab_member_find(ngx_collab_conn_t *conn,
     ngx_str_t *slug);
 ngx_int_t ngx_collab_get_int(json_t *req, const char *name, int64_t min,
     int64_t max, int64_t *value);
+ngx_int_t ngx_collab_get_ai_trigger(json_t *req, ngx_str_t *value);
 void ngx_collab_protocol_user_event(int64_t user, ngx_collab_ws_msg_t *msg);
 void ngx_collab_protocol_kick(ngx_collab_room_t *room, int64_t user,
     ngx_collab_ws_msg_t *msg);

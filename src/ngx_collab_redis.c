@@ -33,10 +33,12 @@
  * collab_presence_timeout loses its users.  A worker that subscribes to a
  * session asks "S <id>" and the other hosts answer with their users.
  *
- * Other events: "E|K|D <origin> <user>\n<event>" on a session's channel
- * (an event for its connections; K also makes the user's connections
- * leave the session, D everyone's) and "I <origin> <user>\n<event>" on
- * "<prefix>users" (an event for a user's connections: an invitation).
+ * Other events: "E|K|D|U <origin> <user>\n<event>" on a session's
+ * channel (an event for its connections; K also makes the user's
+ * connections leave the session, D everyone's; U, a session update,
+ * carries the session's AI trigger in place of the user) and
+ * "I <origin> <user>\n<event>" on "<prefix>users" (an event for a user's
+ * connections: an invitation).
  *
  * A publish that may have been lost (Redis unreachable, the publisher
  * reconnecting, too many unanswered) is followed, once the publisher is
@@ -1101,7 +1103,9 @@ ngx_collab_redis_message(redisAsyncContext *ac, void *r, void *data)
         return;
     }
 
-    if (payload->len > 2 && (p[0] == 'E' || p[0] == 'K' || p[0] == 'D')) {
+    if (payload->len > 2
+        && (p[0] == 'E' || p[0] == 'K' || p[0] == 'D' || p[0] == 'U'))
+    {
         if (ngx_collab_redis_parse(p, last, &origin, &seq, &nl) != NGX_OK) {
             goto invalid;
         }

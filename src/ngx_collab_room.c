@@ -126,6 +126,7 @@ ngx_collab_room_get(int64_t id, ngx_str_t *slug, ngx_log_t *log)
     ngx_queue_init(&room->pending);
 
     room->seq = -1;
+    room->ai_trigger = NGX_COLLAB_AI_SERVER;   /* until its join says */
 
     room->gap.handler = ngx_collab_room_gap;
     room->gap.data = room;

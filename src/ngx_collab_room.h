@@ -64,6 +64,8 @@ struct ngx_collab_room_s {
     unsigned                    resync_again:1;
 
     void                       *ai;            /* a reply being made */
+    ngx_uint_t                  ai_trigger;    /* NGX_COLLAB_AI_* */
+    ngx_uint_t                  ai_image;      /* a text-to-image session */
 
     u_char                      data[1];       /* the slug */
 };

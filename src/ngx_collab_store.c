@@ -17,6 +17,7 @@
 #include <ngx_core.h>
 
 #include "ngx_collab_store.h"
+#include "ngx_collab_ai.h"
 
 
 #define TS(col)                                                               \
@@ -24,7 +25,8 @@
 
 #define SESSION_COLUMNS                                                       \
     "s.id, s.slug, s.title, s.type, s.is_public, s.max_participants, "       \
-    "s.last_seq, " TS("s.last_activity") " AS last_activity, "               \
+    "s.ai_trigger, s.last_seq, "                                             \
+    TS("s.last_activity") " AS last_activity, "                              \
     TS("s.created_at") " AS created_at"
 
 #define MESSAGE_COLUMNS                                                       \
@@ -55,9 +57,9 @@ const char  ngx_collab_sql_upsert_user[] =
 const char  ngx_collab_sql_create_session[] =
     "WITH s AS ("
     "  INSERT INTO chat_sessions (title, type, owner_id, max_participants,"
-    "                             is_public)"
+    "                             is_public, ai_trigger)"
     "  VALUES ($1::text, $2::text, $3::bigint, $4::integer,"
-    "          coalesce($5::boolean, false))"
+    "          coalesce($5::boolean, false), $7::text)"
     "  RETURNING *"
     "), p AS ("
     "  INSERT INTO chat_participants (session_id, user_id, role)"
@@ -343,7 +345,8 @@ const char  ngx_collab_sql_remove[] =
 
 /*
  * $1 slug, $2 the caller (the owner), $3 title, $4 is_public, $5
- * max_participants, $6 true to remove the limit; NULL keeps a field
+ * max_participants, $6 true to remove the limit, $7 ai_trigger, $8 true
+ * to give the session back the server's; NULL keeps a field
  */
 
 const char  ngx_collab_sql_update_session[] =
@@ -355,7 +358,9 @@ const char  ngx_collab_sql_update_session[] =
     "      is_public = coalesce($4::boolean, cs.is_public),"
     "      max_participants = CASE WHEN $6::boolean THEN NULL"
     "                         ELSE coalesce($5::integer, cs.max_participants)"
-    "                         END"
+    "                         END,"
+    "      ai_trigger = CASE WHEN $8::boolean THEN NULL"
+    "                   ELSE coalesce($7::text, cs.ai_trigger) END"
     "  FROM s0 WHERE cs.id = s0.id AND s0.owner_id = $2::bigint"
     "  RETURNING cs.*"
     ") "
@@ -513,6 +518,8 @@ ngx_collab_store_session(PGresult *res, int row)
         || json_object_set_new(s, "maxParticipants",
                                ngx_collab_store_integer(res, row,
                                                         "max_participants"))
+        || json_object_set_new(s, "aiTrigger",
+                               ngx_collab_store_text(res, row, "ai_trigger"))
         || json_object_set_new(s, "owner",
                                ngx_collab_store_text(res, row, "owner"))
         || json_object_set_new(s, "role",
@@ -575,6 +582,42 @@ ngx_collab_store_message(PGresult *res, int row)
     }
 
     return m;
+}
+
+
+/* the field is not NULL and holds exactly this text */
+
+ngx_uint_t
+ngx_collab_store_equals(PGresult *res, int row, const char *field,
+    const char *value)
+{
+    int  col;
+
+    col = PQfnumber(res, field);
+
+    return col >= 0 && !PQgetisnull(res, row, col)
+           && ngx_strcmp(PQgetvalue(res, row, col), value) == 0;
+}
+
+
+/* the session's ai_trigger as NGX_COLLAB_AI_*: SERVER when NULL */
+
+ngx_uint_t
+ngx_collab_store_ai_trigger(PGresult *res, int row)
+{
+    int        col;
+    ngx_int_t  v;
+
+    col = PQfnumber(res, "ai_trigger");
+
+    if (col < 0 || PQgetisnull(res, row, col)) {
+        return NGX_COLLAB_AI_SERVER;
+    }
+
+    v = ngx_collab_ai_trigger_value((u_char *) PQgetvalue(res, row, col),
+                                    PQgetlength(res, row, col));
+
+    return (v == NGX_ERROR) ? NGX_COLLAB_AI_SERVER : (ngx_uint_t) v;
 }
 
 

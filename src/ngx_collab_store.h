@@ -45,6 +45,9 @@ json_t *ngx_collab_store_session(PGresult *res, int row);
 json_t *ngx_collab_store_message(PGresult *res, int row);
 json_t *ngx_collab_store_invitation(PGresult *res, int row);
 ngx_uint_t ngx_collab_store_bool(PGresult *res, int row, const char *field);
+ngx_uint_t ngx_collab_store_ai_trigger(PGresult *res, int row);
+ngx_uint_t ngx_collab_store_equals(PGresult *res, int row, const char *field,
+    const char *value);
 
 
 #endif /* _NGX_COLLAB_STORE_H_INCLUDED_ */

@@ -25,6 +25,19 @@ package Collab::MockAI;
 #   anything else 10 chunks 100 ms apart, then finish_reason "stop" and
 #                 [DONE]
 #
+# POST /v1/images/generations (text-to-image sessions) answers one JSON
+# object after 300 ms, by a marker in the prompt:
+#
+#   [401] [429] [500] [503]  that status, a JSON error body
+#   [hang]        headers never sent
+#   [garbage]     a 200 whose body is not JSON
+#   [huge]        a 200 of 6 MiB (a b64_json that never ends)
+#   [noimage]     {"data": [{}]}
+#   [badb64]      a b64_json with characters base64 does not have
+#   [url]         {"data": [{"url": image_url()}]}
+#   anything else {"data": [{"b64_json": image_b64(), "revised_prompt":
+#                 "revised: <prompt>"}]}
+#
 # The streamed text is reply_text($n): chunk i is chunk_text(i).  The
 # stream is cut awkwardly on purpose: a comment first (as OpenRouter
 # sends), CRLF on some events, an event split across two HTTP chunks.
@@ -65,6 +78,14 @@ sub reply_text {
     my ($n) = @_;
     return join '', map { chunk_text($_) } 0 .. $n - 1;
 }
+
+# the image the images endpoint returns: a 1x1 PNG, base64
+sub image_b64 {
+    return 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8'
+         . '/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg==';
+}
+
+sub image_url { 'https://images.example.test/generated/1.png' }
 
 sub start {
     my ($class, %o) = @_;
@@ -173,6 +194,13 @@ sub serve {
             body => $json // $raw,
         }), "\n";
 
+        if ($c->req->method eq 'POST'
+            && $c->req->url->path->to_string eq '/v1/images/generations')
+        {
+            my $prompt = ref $json eq 'HASH' ? $json->{prompt} // '' : '';
+            return _image($c, $prompt);
+        }
+
         if ($c->req->method ne 'POST'
             || $c->req->url->path->to_string ne '/v1/chat/completions')
         {
@@ -195,6 +223,43 @@ sub serve {
     );
     $daemon->run;
     POSIX::_exit(0);
+}
+
+sub _image {
+    my ($c, $prompt) = @_;
+
+    $c->inactivity_timeout(0);
+    $c->render_later;
+
+    return if $prompt =~ /\[hang\]/;
+
+    Mojo::IOLoop->timer(0.3 => sub {
+        if ($prompt =~ /\[(401|429|500|503)\]/) {
+            return $c->render(status => $1, json => {
+                error => { code => $1, message => "mock provider says $1" } });
+        }
+        if ($prompt =~ /\[garbage\]/) {
+            return $c->render(status => 200, text => 'this is not JSON');
+        }
+        if ($prompt =~ /\[huge\]/) {
+            return $c->render(status => 200, format => 'json',
+                data => '{"data":[{"b64_json":"' . ('A' x (6 << 20)));
+        }
+        if ($prompt =~ /\[noimage\]/) {
+            return $c->render(json => { created => 1, data => [{}] });
+        }
+        if ($prompt =~ /\[badb64\]/) {
+            return $c->render(json => { created => 1,
+                data => [{ b64_json => 'iVBOR"><script>' }] });
+        }
+        if ($prompt =~ /\[url\]/) {
+            return $c->render(json => { created => 1,
+                data => [{ url => image_url() }] });
+        }
+        return $c->render(json => { created => 1, data => [{
+            b64_json => image_b64(), revised_prompt => "revised: $prompt" }] });
+    });
+    return;
 }
 
 sub _sse {
