@@ -18,6 +18,9 @@
 #define NGX_COLLAB_ONLINE         1
 #define NGX_COLLAB_AWAY           2
 
+/* sessions this big share one presence list among their joins per tick */
+#define NGX_COLLAB_PRESENCE_SHARED  64
+
 #define NGX_COLLAB_RATE_PRESENCE  0
 #define NGX_COLLAB_RATE_MESSAGES  1
 #define NGX_COLLAB_RATE_AI        2

@@ -95,6 +95,10 @@ ngx_collab_presence_room(ngx_collab_room_t *room)
     now = ngx_current_msec;
     old = &room->presence;
 
+    /* the joins of the last batch shared a list; the next ones get anew */
+
+    ngx_collab_presence_joined_free(room);
+
     version = ngx_collab_presence_version(room->id);
 
     if (version == old->version
@@ -244,7 +248,70 @@ ngx_collab_presence_typing_event(ngx_collab_room_t *room,
 }
 
 
-/* the "presence" list of a joined reply */
+/*
+ * The "presence" list of a joined reply, serialized.  In a big session
+ * (NGX_COLLAB_PRESENCE_SHARED entries or more at the last tick) one
+ * serialization serves every join until the room's next tick, at most
+ * collab_presence_batch: what changed since it was made comes in that
+ * tick's "presence" event, which the joiner receives as a member (an
+ * entry repeated there is harmless, events carry state, not deltas).  Otherwise a join storm of n users
+ * builds O(n^2) JSON: 5,000 joins took 55 s.  Small sessions get the
+ * zone as it is at their join.
+ */
+
+ngx_str_t *
+ngx_collab_presence_joined(ngx_collab_room_t *room)
+{
+    char                            *s;
+    json_t                          *list;
+    ngx_collab_presence_snapshot_t   snap;
+
+    if (room->presence_json.data
+        && room->presence.n >= NGX_COLLAB_PRESENCE_SHARED)
+    {
+        return &room->presence_json;
+    }
+
+    ngx_collab_presence_joined_free(room);
+
+    if (ngx_collab_presence_snapshot(room->id, &snap, 0, ngx_cycle->log)
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    list = ngx_collab_presence_list(&snap);
+    ngx_collab_presence_snapshot_free(&snap);
+
+    if (list == NULL) {
+        return NULL;
+    }
+
+    s = json_dumps(list, NGX_COLLAB_JSON_FLAGS);
+    json_decref(list);
+
+    if (s == NULL) {
+        return NULL;
+    }
+
+    room->presence_json.data = (u_char *) s;
+    room->presence_json.len = ngx_strlen(s);
+
+    return &room->presence_json;
+}
+
+
+void
+ngx_collab_presence_joined_free(ngx_collab_room_t *room)
+{
+    if (room->presence_json.data) {
+        free(room->presence_json.data);
+        ngx_str_null(&room->presence_json);
+    }
+}
+
+
+/* the "presence" list of a joined reply, or of the API's presence read */
 
 json_t *
 ngx_collab_presence_list(ngx_collab_presence_snapshot_t *snap)

@@ -1240,14 +1240,15 @@ ngx_collab_join_read(ngx_collab_req_t *jr)
 static void
 ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
 {
-    int                              n, first, last;
-    json_t                          *messages, *last_seq, *presence;
-    ngx_collab_presence_snapshot_t   snap;
+    int                   n, first, last;
+    json_t               *messages, *last_seq, *reply;
     int64_t               max_seq, session_seq;
+    ngx_str_t            *presence;
     ngx_uint_t            more, live;
     ngx_collab_req_t     *req;
     ngx_collab_conn_t    *conn;
     ngx_collab_member_t  *m;
+    ngx_collab_ws_msg_t  *msg;
 
     req = ngx_collab_req_result(q, res);
     if (req == NULL) {
@@ -1301,28 +1302,38 @@ ngx_collab_op_join_read_done(ngx_collab_pg_query_t *q, PGresult *res)
     last_seq = json_object_get(req->session, "lastSeq");
     session_seq = json_integer_value(last_seq);
 
-    presence = NULL;
+    presence = ngx_collab_presence_joined(m->room);
 
-    if (ngx_collab_presence_snapshot(m->room->id, &snap, 0,
-                                     conn->ws->connection->log)
-        == NGX_OK)
-    {
-        presence = ngx_collab_presence_list(&snap);
-        ngx_collab_presence_snapshot_free(&snap);
+    reply = (messages && presence)
+            ? json_pack("{s:s,s:O?,s:O,s:I,s:o,s:b}",
+                        "op", "joined",
+                        "ref", req->ref,
+                        "session", req->session,
+                        "lastSeq", (json_int_t) ngx_max(session_seq, max_seq),
+                        "messages", messages,
+                        "more", (int) more)
+            : NULL;
+
+    if (reply == NULL && messages && presence == NULL) {
+        json_decref(messages);
     }
 
-    ngx_collab_protocol_reply(conn,
-                              messages && presence
-                              ? json_pack("{s:s,s:O?,s:O,s:I,s:o,s:b,s:o}",
-                                          "op", "joined",
-                                          "ref", req->ref,
-                                          "session", req->session,
-                                          "lastSeq", (json_int_t)
-                                              ngx_max(session_seq, max_seq),
-                                          "messages", messages,
-                                          "more", (int) more,
-                                          "presence", presence)
-                              : NULL);
+    /* the presence list comes serialized: spliced in as the last member */
+
+    msg = reply ? ngx_collab_protocol_encode_with(reply, "presence", presence,
+                                                  conn->ws->connection->log)
+                : NULL;
+
+    json_decref(reply);
+
+    if (msg) {
+        (void) ngx_collab_ws_enqueue(conn->ws, msg);
+        ngx_collab_ws_msg_release(msg);
+
+    } else {
+        ngx_collab_ws_close(conn->ws, NGX_COLLAB_WS_CLOSE_INTERNAL,
+                            "out of memory");
+    }
 
     if (live) {
         ngx_collab_member_live(m);
@@ -2041,6 +2052,44 @@ ngx_collab_protocol_reply(ngx_collab_conn_t *conn, json_t *reply)
 
     (void) ngx_collab_ws_enqueue(conn->ws, msg);
     ngx_collab_ws_msg_release(msg);
+}
+
+
+/*
+ * An object with one more member whose value is JSON already serialized:
+ * {..., "key": raw}.  The object is never empty (it has "op").
+ */
+
+ngx_collab_ws_msg_t *
+ngx_collab_protocol_encode_with(json_t *object, const char *key,
+    ngx_str_t *raw, ngx_log_t *log)
+{
+    u_char               *p;
+    size_t                len;
+    ngx_collab_ws_msg_t  *msg;
+
+    len = json_dumpb(object, NULL, 0, NGX_COLLAB_JSON_FLAGS);
+    if (len < 2) {
+        return NULL;
+    }
+
+    msg = ngx_collab_ws_msg_alloc(NGX_COLLAB_WS_OP_TEXT,
+                                  len + sizeof(",\"\":") - 1
+                                  + ngx_strlen(key) + raw->len,
+                                  log);
+    if (msg == NULL) {
+        return NULL;
+    }
+
+    (void) json_dumpb(object, (char *) msg->payload, len,
+                      NGX_COLLAB_JSON_FLAGS);
+
+    /* over the closing brace */
+
+    p = msg->payload + len - 1;
+    (void) ngx_sprintf(p, ",\"%s\":%V}", key, raw);
+
+    return msg;
 }
 
 

@@ -96,6 +96,8 @@ void ngx_collab_protocol_kick(ngx_collab_room_t *room, int64_t user,
 void ngx_collab_protocol_error(ngx_collab_conn_t *conn, const char *code,
     json_t *ref, const char *message);
 void ngx_collab_protocol_reply(ngx_collab_conn_t *conn, json_t *reply);
+ngx_collab_ws_msg_t *ngx_collab_protocol_encode_with(json_t *object,
+    const char *key, ngx_str_t *raw, ngx_log_t *log);
 ngx_collab_ws_msg_t *ngx_collab_protocol_encode(json_t *event,
     ngx_log_t *log);
 

@@ -167,6 +167,7 @@ ngx_collab_room_release(ngx_collab_room_t *room)
     }
 
     ngx_collab_presence_snapshot_free(&room->presence);
+    ngx_collab_presence_joined_free(room);
 
     ngx_rbtree_delete(&ngx_collab_rooms, &room->node);
     ngx_free(room);

@@ -55,6 +55,7 @@ struct ngx_collab_room_s {
 
     ngx_collab_presence_snapshot_t  presence;  /* as last fanned out */
     ngx_msec_t                  presence_next;
+    ngx_str_t                   presence_json; /* a joined reply's list */
 
     int64_t                     seq;           /* delivered in order */
     ngx_collab_held_t          *early;         /* beyond a gap, by seq */
@@ -114,6 +115,10 @@ void ngx_collab_room_broadcast(ngx_collab_room_t *room,
     ngx_collab_ws_msg_t *msg, int64_t except_user);
 ngx_collab_room_t *ngx_collab_room_first(void);
 ngx_collab_room_t *ngx_collab_room_next(ngx_collab_room_t *room);
+
+/* ngx_collab_presence_events.c */
+ngx_str_t *ngx_collab_presence_joined(ngx_collab_room_t *room);
+void ngx_collab_presence_joined_free(ngx_collab_room_t *room);
 
 
 #endif /* _NGX_COLLAB_ROOM_H_INCLUDED_ */

@@ -59,6 +59,26 @@ $obs->grab(sub { 1 });
 my $t0 = time;
 $_->send({ op => 'join', session => $slug, ref => 'j' }) for @c;
 
+# what each joiner believes is present: its joined reply's list, then the
+# presence events after it (a big session's list may be up to one batch
+# old; the next event brings the rest)
+my %view;
+sub follow {
+    my ($x) = @_;
+    my $n = 0;
+    for my $m ($x->grab(sub { 1 })) {
+        my $v = $view{"$x"} //= {};
+        if (($m->{ref} // '') eq 'j' && $m->{op} eq 'joined') {
+            $n++;
+            $v->{ $_->{user} } = 1 for @{ $m->{presence} // [] };
+        } elsif ($m->{op} eq 'presence') {
+            $v->{ $_->{user} } = 1 for @{ $m->{joins} };
+            delete $v->{ $_->{user} } for @{ $m->{leaves} };
+        }
+    }
+    return $n;
+}
+
 my %seen;
 my ($events, $joined) = (0, 0);
 my $end = time + 60;
@@ -68,19 +88,16 @@ while (time < $end && (keys(%seen) < $N || $joined < $N)) {
         $events++;
         $seen{ $_->{user} }++ for @{ $ev->{joins} };
     }
-    for my $x (@c) {
-        $joined += grep { ($_->{ref} // '') eq 'j' && $_->{op} eq 'joined' }
-                   $x->grab(sub { ($_->{ref} // '') eq 'j' });
-        $x->{inbox} = [];
-    }
+    $joined += follow($_) for @c;
 }
 my $secs = time - $t0;
 # a last batch or two
-Collab::Chat::settle(0.5, $obs);
+Collab::Chat::settle(0.5, $obs, @c);
 for my $ev ($obs->grab(\&Collab::Chat::is_presence)) {
     $events++;
     $seen{ $_->{user} }++ for @{ $ev->{joins} };
 }
+$joined += follow($_) for @c;
 
 my $users = grep { /^m\d+$/ } keys %seen;
 diag(sprintf '%d joins in %.1fs reached the observer in %d presence '
@@ -90,6 +107,11 @@ is($users, $N, "the observer saw all $N users join");
 is(scalar(grep { $seen{$_} > 1 } keys %seen), 0, 'each of them once');
 ok($events < 100, "in $events events: coalesced (< 100, for $N joins)");
 ok($events >= 1, 'in at least one');
+
+my @short = grep { keys %{ $view{"$_"} // {} } != $N + 1 } @c;
+is(scalar @short, 0,
+   'every joiner\'s list plus the events after it holds all ' . ($N + 1))
+    or diag('e.g. ' . scalar(keys %{ $view{"$short[0]"} // {} }) . ' users');
 
 my $late = open_user('late');
 my $j = $late->join_session($slug);
