@@ -28,211 +28,8 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 use Mojo::JSON qw(decode_json);
 use Collab::Test;
+use Collab::Chat;
 use Collab::MockAI;
-
-{
-# --- a collab.v1 client on the harness's raw WebSocket ----------------------
-#
-# (The same small client is in every t/03x-chat-*.t; it belongs in t/lib
-# once more tests need it.)  Frames from the server are parsed as they
-# arrive into an inbox of decoded JSON messages; take() removes the first
-# one a predicate accepts, waiting for more if needed, so replies and
-# events may arrive in any interleaving without being lost.
-
-package Chat;
-
-use strict;
-use warnings;
-
-use Carp qw(croak);
-use IO::Select;
-use Mojo::JSON qw(decode_json encode_json);
-use Time::HiRes qw(time);
-
-my $NREF = 0;
-
-# Chat->open($t, user => 'u1', name => 'Ann', port => ..., path => '/chat')
-sub open {
-    my ($class, $t, %o) = @_;
-    my %h = ('Sec-WebSocket-Protocol' => 'collab.v1');
-    $h{'X-User-Id'} = $o{user} if defined $o{user};
-    $h{'X-User-Name'} = $o{name} if defined $o{name};
-    $h{-port} = $o{port} if defined $o{port};
-    my $s = $t->ws_raw($o{path} // '/chat', %h);
-    my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
-                       frag => undef }, $class;
-    $self->_parse;
-    return $self;
-}
-
-sub user { $_[0]{user} }
-
-sub close {
-    my ($self) = @_;
-    CORE::close($self->{s}) if $self->{s};
-    $self->{eof} = 1;
-}
-
-sub send_text {
-    my ($self, $text, %frame) = @_;
-    return $self->{t}->ws_send($self->{s}, opcode => 1, payload => $text,
-                               %frame);
-}
-
-sub send {
-    my ($self, $req) = @_;
-    return $self->send_text(encode_json($req));
-}
-
-# parses every complete frame in the socket's buffer into the inbox
-sub _parse {
-    my ($self) = @_;
-    my $s = $self->{s};
-    my $buf = \${*$s}{collab_buf};
-    while (1) {
-        my $have = length $$buf;
-        last if $have < 2;
-        my ($b0, $b1) = unpack 'CC', $$buf;
-        my $len = $b1 & 0x7f;
-        my $off = 2;
-        if ($len == 126) {
-            last if $have < 4;
-            $len = unpack 'n', substr($$buf, 2, 2);
-            $off = 4;
-        } elsif ($len == 127) {
-            last if $have < 10;
-            $len = unpack 'Q>', substr($$buf, 2, 8);
-            $off = 10;
-        }
-        $self->{masked}++ if $b1 & 0x80;       # a server must not mask
-        $off += 4 if $b1 & 0x80;
-        last if $have < $off + $len;
-        my $payload = substr($$buf, $off, $len);
-        $self->{raw_log} .= $payload;
-        substr($$buf, 0, $off + $len, '');
-
-        my ($fin, $op) = ($b0 & 0x80, $b0 & 0x0f);
-        if ($op == 9) {
-            $self->{t}->ws_send($s, opcode => 10, payload => $payload);
-            next;
-        }
-        next if $op == 10;
-        if ($op == 8) {
-            $self->{close_code} = length $payload >= 2
-                ? unpack('n', $payload) : 0;
-            next;
-        }
-        if ($op == 0) {
-            $self->{frag} .= $payload;
-            next unless $fin;
-            $payload = delete $self->{frag};
-            $op = 1;
-        } elsif (!$fin) {
-            $self->{frag} = $payload;
-            next;
-        }
-        if ($op != 1) {
-            push @{ $self->{inbox} }, { op => "(opcode $op)" };
-            next;
-        }
-        my $msg = eval { decode_json($payload) }
-            // { op => '(not JSON)', raw => $payload };
-        $msg->{_raw} = $payload if $self->{keep_raw};
-        push @{ $self->{inbox} }, $msg;
-    }
-}
-
-# reads what the socket has (it was reported readable); false on EOF
-sub _read {
-    my ($self) = @_;
-    my $n = sysread($self->{s}, my $chunk, 1 << 18);
-    if (!defined $n) {
-        return 1 if $!{EINTR} || $!{EAGAIN};
-        $self->{eof} = 1;
-        return 0;
-    }
-    if ($n == 0) {
-        $self->{eof} = 1;
-        return 0;
-    }
-    ${*{ $self->{s} }}{collab_buf} .= $chunk;
-    $self->_parse;
-    return 1;
-}
-
-# Chat::pump($timeout, @clients): waits up to $timeout for any of them to
-# be readable and reads all that are; returns how many were
-sub pump {
-    my ($timeout, @c) = @_;
-    @c = grep { !$_->{eof} } @c;
-    return 0 unless @c;
-    my %by = map { fileno($_->{s}) => $_ } @c;
-    my @r = IO::Select->new(map { $_->{s} } @c)->can_read($timeout);
-    $by{ fileno $_ }->_read for @r;
-    return scalar @r;
-}
-
-# the first message the predicate ($_) accepts, removed from the inbox;
-# undef after $timeout seconds or at EOF
-sub take {
-    my ($self, $pred, $timeout) = @_;
-    my $end = time + ($timeout // 10);
-    while (1) {
-        my $in = $self->{inbox};
-        for my $i (0 .. $#$in) {
-            local $_ = $in->[$i];
-            return splice(@$in, $i, 1) if $pred->();
-        }
-        return undef if $self->{eof} || time >= $end;
-        pump($end - time, $self);
-    }
-}
-
-# sends the request with a fresh "ref" (unless it has one) and returns
-# the reply carrying that ref
-sub req {
-    my ($self, %r) = @_;
-    my $timeout = delete $r{-timeout} // 15;
-    $r{ref} //= 'r' . ++$NREF;
-    my $ref = $r{ref};
-    $self->send(\%r);
-    return $self->take(sub { defined $_->{ref} && $_->{ref} eq $ref },
-                       $timeout)
-        // { op => '(no reply)', ref => $ref };
-}
-
-# the next $n "message" events in arrival order (fewer on timeout)
-sub events {
-    my ($self, $n, $timeout) = @_;
-    my $end = time + ($timeout // 15);
-    my @ev;
-    while (@ev < $n) {
-        my $e = $self->take(sub { $_->{op} eq 'message' }, $end - time)
-            // last;
-        push @ev, $e;
-    }
-    return @ev;
-}
-
-# every message event that arrives within $wait seconds
-sub drain_events {
-    my ($self, $wait) = @_;
-    my @ev;
-    while (my $e = $self->take(sub { $_->{op} eq 'message' }, $wait)) {
-        push @ev, $e;
-    }
-    return @ev;
-}
-
-# the inbox minus what a test does not care about
-sub pending {
-    my ($self) = @_;
-    pump(0, $self);
-    return @{ $self->{inbox} };
-}
-
-
-}
 
 # --- shared by the t/09x-ai-*.t files ---------------------------------------
 
@@ -355,8 +152,10 @@ sub ai_count {
          WHERE session_id = ? AND kind = 'ai'", undef, $sid);
 }
 
-my $ann = Chat->open($t, user => 'ann', name => 'Ann');
-my $bob = Chat->open($t, user => 'bob', name => 'Bob');
+my $ann = Collab::Chat->open($t, user => 'ann', name => 'Ann',
+                             raw_log => 1);
+my $bob = Collab::Chat->open($t, user => 'bob', name => 'Bob',
+                             raw_log => 1);
 my ($slug, $sid) = session_for($ann, $bob);
 
 
@@ -443,8 +242,10 @@ is(ai_count($sid), 4, 'four ai rows: the truncated one and three');
 # --- connection refused -------------------------------------------------------
 
 my $port2 = $t->port(2);
-my $cy = Chat->open($t, user => 'cy', name => 'Cy', port => $port2);
-my $di = Chat->open($t, user => 'di', name => 'Di', port => $port2);
+my $cy = Collab::Chat->open($t, user => 'cy', name => 'Cy',
+                            port => $port2, raw_log => 1);
+my $di = Collab::Chat->open($t, user => 'di', name => 'Di',
+                            port => $port2, raw_log => 1);
 my ($slug2, $sid2) = session_for($cy, $di);
 my $nreq = () = $mock->requests;
 

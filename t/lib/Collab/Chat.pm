@@ -21,6 +21,12 @@ package Collab::Chat;
 #                          { op => "(opcode N)" } in the inbox, so a test
 #                          notices a frame it did not expect
 #   nontext => 'drop'      such messages are dropped
+#   raw_log => 1           the payload of every frame received (pings,
+#                          closes and fragments too) is appended, as it
+#                          came, to the string $c->{raw_log}, for a test
+#                          that must show something never reached a
+#                          client (the t/09x-ai-*.t key check); off by
+#                          default, {raw_log} then stays undef
 #
 # Plain functions (not methods): pump(), settle(), is_presence(), items().
 
@@ -40,7 +46,8 @@ my $NREF = 0;
 
 
 # Collab::Chat->open($t, user => 'u1', name => 'Ann', port => ...,
-#                    path => '/chat', identity => ..., nontext => ...)
+#                    path => '/chat', identity => ..., nontext => ...,
+#                    raw_log => 1)
 sub open {
     my ($class, $t, %o) = @_;
     my $path = $o{path} // '/chat';
@@ -61,7 +68,7 @@ sub open {
 # Collab::Chat->open_on_worker($t, port => ..., user => ..., path => '/chat',
 # nontext => ...): the client, with {pid} = the worker that serves its
 # connection (a GET /pid on the keep-alive connection before the upgrade
-# tells which one; the user goes in X-User-Id)
+# tells which one; the user goes in X-User-Id); raw_log => 1 as for open()
 sub open_on_worker {
     my ($class, $t, %o) = @_;
     my $port = $o{port};
@@ -98,7 +105,8 @@ sub _new {
     croak "nontext: '$nontext'" unless $nontext =~ /^(?:keep|drop)$/;
     my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
                        port => $o{port}, pid => $o{pid},
-                       nontext => $nontext, frag => undef }, $class;
+                       nontext => $nontext, frag => undef,
+                       raw_log => $o{raw_log} ? '' : undef }, $class;
     $self->_parse;
     return $self;
 }
@@ -161,6 +169,7 @@ sub _parse {
         $off += 4 if $b1 & 0x80;
         last if $have < $off + $len;
         my $payload = substr($$buf, $off, $len);
+        $self->{raw_log} .= $payload if defined $self->{raw_log};
         substr($$buf, 0, $off + $len, '');
 
         my ($fin, $op) = ($b0 & 0x80, $b0 & 0x0f);
