@@ -1,0 +1,523 @@
+#!/bin/bash
+#
+# bench/ai.sh: the AI participant benchmark of issue 9.
+#
+# Does a reply being streamed cost the chat anything?  STREAMS (50)
+# replies are streamed at once from a mock provider while CONNS (1,000)
+# connections chat in SESSIONS (100) other sessions at RATE msg/s in
+# total (open loop, bench/wsload --mode chat); the chat's send->ack
+# p50/p99/max is measured without AI streams (phase A) and with them
+# (phase B), alternating A B A B (REPS rounds) on the same nginx so that
+# drift of the machine hits both alike.  Target: the streams add at most
+# 1 ms to the chat p99.
+#
+# Started here, all on 127.0.0.1 and stopped on exit (also on failure or
+# ^C): a PostgreSQL of its own (initdb in a temp dir, run as user
+# postgres when root, sql/migrate applied); the mock provider
+# bench/aimock.pl (Mojolicious: each reply CHUNKS content deltas
+# INTERVAL ms apart, 40 x 50 ms = 2 s by default, any number at once);
+# one nginx (the distro /usr/sbin/nginx loading
+# build/ngx_collab_module.so, WORKERS workers, "listen ... reuseport" so
+# the connections spread over them, collab_redis to a Redis of its own
+# unless REDIS=0) with collab_ai_* pointing at the mock,
+# collab_ai_concurrency 64 per worker and collab_rate_ai out of the way.
+#
+# In phase B bench/aidrive.pl holds STREAMS connections, each in a session
+# of its own, and asks "@ai ..." again as soon as the previous reply's
+# final message arrives: about STREAMS replies are in flight all the
+# time.  The first questions are spread over SPREAD s (by default one
+# reply's length: CHUNKS x INTERVAL), so that replies start and end at
+# different times as independent users' would; SPREAD=0 asks all at once
+# and the replies then come in waves, every one starting (context read,
+# request) and ending (stored) together.  The chat starts RAMP s after
+# the last first question went out, and the driver's counters are read
+# when the chat run starts and ends: the ai_delta events and final ai
+# messages it received meanwhile, ai_error events (any is a failure) and
+# the replies in flight (sampled every 50 ms: average and minimum).
+# After phase B the next phase A waits COOL s for the replies the driver
+# left to end.  The CPU time nginx's workers, PostgreSQL's backends, the
+# mock and the driver, and wsload used during each chat run is printed
+# too (from /proc).
+#
+# The mock and the driver stand for machines elsewhere (the provider, 50
+# remote clients) but share this one's cores with nginx, PostgreSQL and
+# wsload; they run at "nice AI_NICE" (19) so that their own CPU time
+# (Perl: about a fifth of a core) delays nginx as little as it can.
+# AI_NICE=0 measures them at the same priority as the rest.
+#
+# Prints one line per run, then a markdown table: p50/p99/max per phase
+# and round, the medians and the p99 difference.  Exit status 1 when a
+# run failed (wsload's checks: errors, missing acks, seq gaps), the AI
+# streams did not run (no completed reply, any ai_error), or error.log
+# has an [alert]/[crit]/[emerg] line.
+#
+# Environment: CONNS (1000), SESSIONS (100), RATE (500 msg/s), DUR (20 s),
+# STREAMS (50), CHUNKS (40), INTERVAL (50 ms), REPS (2), WORKERS (2),
+# RAMP (3 s), COOL (3 s), REDIS (1), AI_NICE (19), SPREAD (CHUNKS x
+# INTERVAL), MODULE, NGINX, PG_BIN, KEEP=dir (keep the logs there).
+# About 100 s with the defaults.
+
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+
+MODULE=${MODULE:-$root/build/ngx_collab_module.so}
+NGINX=${NGINX:-/usr/sbin/nginx}
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
+CONNS=${CONNS:-1000}
+SESSIONS=${SESSIONS:-100}
+RATE=${RATE:-500}
+DUR=${DUR:-20}
+STREAMS=${STREAMS:-50}
+CHUNKS=${CHUNKS:-40}
+INTERVAL=${INTERVAL:-50}
+REPS=${REPS:-2}
+WORKERS=${WORKERS:-2}
+RAMP=${RAMP:-3}
+COOL=${COOL:-3}
+REDIS=${REDIS:-1}
+AI_NICE=${AI_NICE:-19}
+SPREAD=${SPREAD:-$(awk -v c="$CHUNKS" -v i="$INTERVAL" \
+                       'BEGIN { print c * i / 1000 }')}
+
+if [ ! -f "$MODULE" ]; then
+    echo "ai.sh: $MODULE is missing: run 'make build' first" >&2
+    exit 2
+fi
+
+MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
+
+perl -MMojolicious -e 1 2>/dev/null \
+    || { echo "ai.sh: needs Perl Mojolicious (libmojolicious-perl)" >&2;
+         exit 2; }
+
+make -s -C "$here" wsload
+wsload=$here/wsload
+
+tmp=$(mktemp -d /tmp/collab-ai.XXXXXX)
+chmod 755 "$tmp"
+nginx_pid=
+pg_started=0
+mock_pid=
+drive_pid=
+redis_pid=
+wsload_pid=
+
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then
+    as_pg=(runuser -u postgres --)
+fi
+
+# stop_pid PID: TERM, then KILL after 5 s
+stop_pid() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [ -z "$wsload_pid" ] || stop_pid "$wsload_pid"
+    [ -z "$drive_pid" ] || stop_pid "$drive_pid"
+    if [ -n "$nginx_pid" ] && kill -0 "$nginx_pid" 2>/dev/null; then
+        kill -QUIT "$nginx_pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$nginx_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$nginx_pid" 2>/dev/null || true
+    fi
+    [ -z "$mock_pid" ] || stop_pid "$mock_pid"
+    [ -z "$redis_pid" ] || kill "$redis_pid" 2>/dev/null || true
+    if [ "$pg_started" -eq 1 ]; then
+        "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -m immediate -w stop \
+            >/dev/null 2>&1 || true
+    fi
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP"
+        cp -r "$tmp"/nginx "$tmp"/run-* "$tmp"/*.log "$KEEP"/ \
+            2>/dev/null || true
+    fi
+    if [ "$rc" -ne 0 ]; then
+        for f in "$tmp/nginx/error.log" "$tmp/pg.log" "$tmp/mock.log"; do
+            [ -s "$f" ] || continue
+            echo "--- tail of $f" >&2
+            tail -n 20 "$f" >&2
+        done
+    fi
+    rm -rf "$tmp"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    local p
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % 10000))
+        if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "ai.sh: no free port" >&2
+    exit 2
+}
+
+# wait_for FILE PATTERN SECONDS: until a line of FILE matches
+wait_for() {
+    for _ in $(seq $(($3 * 10))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# --- PostgreSQL --------------------------------------------------------
+
+pg_port=$(free_port)
+mkdir -p "$tmp/pg" "$tmp/pgsock"
+chmod 700 "$tmp/pg"
+if [ ${#as_pg[@]} -gt 0 ]; then
+    chown postgres: "$tmp/pg" "$tmp/pgsock"
+fi
+
+"${as_pg[@]}" "$PG_BIN/initdb" -D "$tmp/pg" -U postgres -A trust -E UTF8 \
+    --locale=C.UTF-8 > "$tmp/initdb.log" 2>&1 \
+    || { cat "$tmp/initdb.log" >&2; exit 1; }
+
+touch "$tmp/pg.log"
+[ ${#as_pg[@]} -eq 0 ] || chown postgres: "$tmp/pg.log"
+
+"${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -w -l "$tmp/pg.log" \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $tmp/pgsock" \
+    -o "-c max_connections=100 -c shared_buffers=256MB" \
+    -o "-c autovacuum=off" start > /dev/null
+pg_started=1
+
+psql=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
+"${psql[@]}" -d postgres -c "CREATE DATABASE collab" > /dev/null
+dsn="host=127.0.0.1 port=$pg_port dbname=collab user=postgres"
+"$root/sql/migrate" "$dsn" > "$tmp/migrate.log"
+
+# the relay between the workers (ai_delta events go through it too), as
+# the README asks for with more than one worker
+redis_line=
+if [ "$REDIS" = 1 ]; then
+    redis_port=$(free_port)
+    mkdir -p "$tmp/redis"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp/redis" \
+        --daemonize yes --pidfile "$tmp/redis/redis.pid" \
+        --logfile "$tmp/redis/redis.log" --save '' --appendonly no
+    for _ in $(seq 100); do
+        [ -s "$tmp/redis/redis.pid" ] && break
+        sleep 0.05
+    done
+    redis_pid=$(cat "$tmp/redis/redis.pid")
+    redis_line="collab_redis     127.0.0.1:$redis_port;"
+fi
+
+# --- the mock provider ---------------------------------------------------
+
+mock_port=$(free_port)
+nice -n "$AI_NICE" perl "$here/aimock.pl" "$mock_port" "$CHUNKS" "$INTERVAL" \
+    > "$tmp/mock.log" 2>&1 &
+mock_pid=$!
+wait_for "$tmp/mock.log" '^listening' 20 \
+    || { echo "ai.sh: the mock provider did not start" >&2; exit 1; }
+
+# --- nginx -------------------------------------------------------------
+
+port=$(free_port)
+dir=$tmp/nginx
+mkdir -p "$dir/tmp"
+echo "sk-bench-not-a-key" > "$dir/ai.key"
+
+cat > "$dir/nginx.conf" <<CONF
+load_module $MODULE;
+
+worker_processes      $WORKERS;
+worker_rlimit_nofile  8192;
+error_log             $dir/error.log warn;
+pid                   $dir/nginx.pid;
+lock_file             $dir/nginx.lock;
+
+events {
+    worker_connections  4096;
+}
+
+http {
+    access_log  off;
+
+    client_body_temp_path  $dir/tmp/body;
+    proxy_temp_path        $dir/tmp/proxy;
+    fastcgi_temp_path      $dir/tmp/fastcgi;
+    uwsgi_temp_path        $dir/tmp/uwsgi;
+    scgi_temp_path         $dir/tmp/scgi;
+
+    collab_postgres  "$dsn" pool=4;
+    collab_zone      bench 64m;
+    $redis_line
+
+    collab_ai_endpoint     http://127.0.0.1:$mock_port/v1;
+    collab_ai_key_file     $dir/ai.key;
+    collab_ai_model        bench/mock;
+    collab_ai_timeout      120s;
+    collab_ai_concurrency  64;
+    collab_ai_trigger      mention;
+    collab_rate_ai         6000r/m burst=1000;
+
+    server {
+        listen  127.0.0.1:$port backlog=4096 reuseport;
+
+        location = /ws {
+            collab_websocket;
+            collab_user  \$arg_user;
+            collab_send_queue_size  4m;
+        }
+    }
+}
+CONF
+
+"$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+for _ in $(seq 100); do
+    [ -s "$dir/nginx.pid" ] && break
+    sleep 0.1
+done
+[ -s "$dir/nginx.pid" ] || { echo "ai.sh: nginx did not start" >&2; exit 1; }
+nginx_pid=$(cat "$dir/nginx.pid")
+sleep 0.5
+
+url=ws://127.0.0.1:$port/ws
+
+# --- the runs ------------------------------------------------------------
+
+# mark_of FILE N: the Nth "mark" line of the driver's output
+mark_of() {
+    awk -v n="$2" '$1 == "mark" && ++i == n' "$1"
+}
+
+# field LINE KEY: the value after KEY in a "key value ..." line
+field() {
+    awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }' \
+        <<< "$1"
+}
+
+# cpu PID...: the CPU seconds (user + system) the processes used so far
+cpu() {
+    local p
+    for p in "$@"; do
+        awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" \
+            2>/dev/null || true
+    done | awk -v hz="$(getconf CLK_TCK)" '{ t += $1 }
+                                          END { printf "%.2f", t / hz }'
+}
+
+# the nginx workers and the PostgreSQL backends (children of the master
+# and the postmaster, listed anew: workers and backends are started late)
+nginx_procs() { pgrep -P "$nginx_pid" | tr '\n' ' '; }
+pg_procs() { pgrep -P "$(head -n 1 "$tmp/pg/postmaster.pid")" | tr '\n' ' '; }
+
+# cpu_diff A B: B - A
+cpu_diff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+declare -A res
+failed=0
+
+# run PHASE ROUND
+run() {
+    local phase=$1 round=$2 rdir=$tmp/run-$1-$2 rc=0 m1 m2 k
+    mkdir -p "$rdir"
+
+    if [ "$phase" = B ]; then
+        nice -n "$AI_NICE" perl "$here/aidrive.pl" "$url" "$STREAMS" \
+            "$SPREAD" \
+            > "$rdir/drive.out" 2> "$rdir/drive.err" &
+        drive_pid=$!
+        if ! wait_for "$rdir/drive.out" '^streaming' 60; then
+            echo "ai.sh: the AI driver did not start:" >&2
+            cat "$rdir/drive.err" >&2
+            exit 1
+        fi
+        sleep "$RAMP"
+        kill -USR1 "$drive_pid"
+    fi
+
+    local np pp ai ng0 pg0 ai0
+    np=$(nginx_procs) pp=$(pg_procs) ai="$mock_pid ${drive_pid:-}"
+    # shellcheck disable=SC2086
+    ng0=$(cpu $np) pg0=$(cpu $pp) ai0=$(cpu $ai)
+
+    # in the background: "wait" lets a signal's trap run at once
+    "$wsload" --mode chat --url "$url" --conns "$CONNS" \
+        --sessions "$SESSIONS" --rate "$RATE" --duration "$DUR" \
+        > "$rdir/wsload.out" 2>&1 &
+    wsload_pid=$!
+    wait "$wsload_pid" || rc=$?
+    wsload_pid=
+
+    # shellcheck disable=SC2086
+    res[$phase,$round,cpu]="$(cpu_diff "$ng0" "$(cpu $np)") / $(cpu_diff \
+        "$pg0" "$(cpu $pp)") / $(cpu_diff "$ai0" "$(cpu $ai)") / $(awk \
+        '$1 == "wsload" && $2 == "cpu" { printf "%.1f", $3 }' \
+        "$rdir/wsload.out")"
+
+    if [ "$phase" = B ]; then
+        kill -USR1 "$drive_pid"
+        sleep 0.3
+        if ! kill -0 "$drive_pid" 2>/dev/null; then
+            echo "ai.sh: the AI driver died:" >&2
+            cat "$rdir/drive.err" >&2
+            failed=1
+        fi
+        stop_pid "$drive_pid"
+        drive_pid=
+        m1=$(mark_of "$rdir/drive.out" 1)
+        m2=$(mark_of "$rdir/drive.out" 2)
+        if [ -z "$m1" ] || [ -z "$m2" ]; then
+            echo "ai.sh: no counters from the AI driver" >&2
+            failed=1
+            m1="mark 0" m2="mark 0"
+        fi
+        for k in deltas replies errors questions samples inflight_sum; do
+            res[B,$round,$k]=$(( $(field "$m2" $k || echo 0) \
+                                 - $(field "$m1" $k || echo 0) ))
+        done
+        res[B,$round,secs]=$(awk -v a="$(field "$m1" mark)" \
+            -v b="$(field "$m2" mark)" 'BEGIN { printf "%.1f", b - a }')
+        res[B,$round,inflight_min]=$(field "$m2" inflight_min)
+        res[B,$round,inflight_avg]=$(awk \
+            -v s="${res[B,$round,inflight_sum]}" \
+            -v n="${res[B,$round,samples]}" \
+            'BEGIN { printf "%.1f", n ? s / n : 0 }')
+        if [ "${res[B,$round,replies]}" -eq 0 ] \
+           || [ "${res[B,$round,errors]}" -ne 0 ]
+        then
+            echo "ai.sh: B round $round: ${res[B,$round,replies]} replies," \
+                 "${res[B,$round,errors]} ai_errors:" >&2
+            sort "$rdir/drive.err" | uniq -c | head >&2
+            failed=1
+        fi
+    fi
+
+    for k in p50 p99 max; do
+        res[$phase,$round,$k]=$(awk -v k="$k" \
+            '$1 == "latency" && $2 == k { print $3 }' "$rdir/wsload.out")
+        res[$phase,$round,$k]=${res[$phase,$round,$k]:-?}
+    done
+    res[$phase,$round,acks]=$(awk '$1 == "acks/s" { print $2 }' \
+                                  "$rdir/wsload.out")
+
+    if [ "$rc" -ne 0 ]; then
+        echo "ai.sh: phase $phase round $round: wsload failed ($rc):" >&2
+        cat "$rdir/wsload.out" >&2
+        failed=1
+    fi
+
+    printf '%s round %s: chat p50 %s p99 %s max %s ms, %s acks/s,' \
+        "$phase" "$round" "${res[$phase,$round,p50]}" \
+        "${res[$phase,$round,p99]}" "${res[$phase,$round,max]}" \
+        "${res[$phase,$round,acks]:-?}"
+    printf ' CPU s nginx / postgres / mock+driver / wsload %s' \
+        "${res[$phase,$round,cpu]}"
+    if [ "$phase" = B ]; then
+        printf '; AI in %s s: %s ai_delta, %s replies, %s ai_errors,' \
+            "${res[B,$round,secs]}" "${res[B,$round,deltas]}" \
+            "${res[B,$round,replies]}" "${res[B,$round,errors]}"
+        printf ' in flight avg %s min %s' "${res[B,$round,inflight_avg]}" \
+            "${res[B,$round,inflight_min]}"
+    fi
+    printf '\n'
+}
+
+t_start=$SECONDS
+for round in $(seq "$REPS"); do
+    [ "$round" -eq 1 ] || sleep "$COOL"
+    run A "$round"
+    run B "$round"
+done
+
+if grep -E '\[(alert|crit|emerg)\]' "$dir/error.log" >&2; then
+    failed=1
+fi
+
+# --- the table -------------------------------------------------------------
+
+median() {
+    tr ' ' '\n' | grep -v '^?*$' | sort -g \
+        | awk '{ v[NR] = $1 } END { if (NR == 0) print "?";
+               else if (NR % 2) print v[(NR + 1) / 2];
+               else { m = (v[NR / 2] + v[NR / 2 + 1]) / 2;
+                      if (m == int(m)) print m; else printf "%.3f\n", m } }'
+}
+
+declare -A med
+for phase in A B; do
+    for k in p50 p99 max; do
+        med[$phase,$k]=$(for r in $(seq "$REPS"); do
+                             echo "${res[$phase,$r,$k]}"
+                         done | median)
+    done
+done
+for k in deltas replies; do
+    med[B,$k]=$(for r in $(seq "$REPS"); do echo "${res[B,$r,$k]}"; done |
+                median | awk '{ printf "%.0f", $1 }')
+done
+
+echo
+echo "$CONNS chat connections in $SESSIONS sessions, $RATE msg/s in total" \
+     "(open loop, ${DUR}s per run), send->ack latency in ms; phase B adds" \
+     "$STREAMS AI replies streamed at once ($CHUNKS chunks ${INTERVAL} ms" \
+     "apart from the mock); nginx $("$NGINX" -v 2>&1 | sed 's/.*\///')," \
+     "$WORKERS workers, $(nproc) cores; $REPS rounds A B alternating," \
+     "$((SECONDS - t_start)) s"
+echo
+echo "| round | p50 A | p50 B | p99 A | p99 B | p99 B - A | max A | max B |" \
+     "ai_delta (B) | AI replies (B) | replies in flight avg / min (B) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" \
+     "---: |"
+for r in $(seq "$REPS") median; do
+    if [ "$r" = median ]; then
+        a50=${med[A,p50]} b50=${med[B,p50]} a99=${med[A,p99]}
+        b99=${med[B,p99]} amax=${med[A,max]} bmax=${med[B,max]}
+        del=${med[B,deltas]} rep=${med[B,replies]} fl="—"
+    else
+        a50=${res[A,$r,p50]} b50=${res[B,$r,p50]} a99=${res[A,$r,p99]}
+        b99=${res[B,$r,p99]} amax=${res[A,$r,max]} bmax=${res[B,$r,max]}
+        del=${res[B,$r,deltas]} rep=${res[B,$r,replies]}
+        fl="${res[B,$r,inflight_avg]} / ${res[B,$r,inflight_min]}"
+    fi
+    d=$(awk -v a="$a99" -v b="$b99" 'BEGIN { if (a == "?" || b == "?")
+            print "?"; else printf "%+.3f", b - a }')
+    echo "| $r | $a50 | $b50 | $a99 | $b99 | $d | $amax | $bmax | $del |" \
+         "$rep | $fl |"
+done
+
+echo
+echo "CPU seconds used during each chat run (of $(nproc) cores x the run's" \
+     "wall time, the setup of the $CONNS connections included):"
+echo
+echo "| round | phase | nginx workers | postgres | mock + AI driver | wsload |"
+echo "| --- | --- | ---: | ---: | ---: | ---: |"
+for r in $(seq "$REPS"); do
+    for phase in A B; do
+        echo "| $r | $phase | ${res[$phase,$r,cpu]// \/ / | } |"
+    done
+done
+
+d=$(awk -v a="${med[A,p99]}" -v b="${med[B,p99]}" 'BEGIN {
+        if (a == "?" || b == "?") print "?"; else printf "%.3f", b - a }')
+verdict=$(awk -v d="$d" 'BEGIN { if (d != "?" && d <= 1) print "met";
+                                  else print "NOT met" }')
+echo
+echo "target: AI streams add <= 1 ms to the chat p99; difference of the" \
+     "medians $d ms: $verdict"
+
+[ "$failed" -eq 0 ]
