@@ -235,6 +235,14 @@ static ngx_command_t  ngx_collab_commands[] = {
       offsetof(ngx_collab_main_conf_t, presence.rates[NGX_COLLAB_RATE_AI]),
       NULL },
 
+    { ngx_string("collab_rate_ai_session"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_collab_presence_rate,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_collab_main_conf_t,
+               presence.rates[NGX_COLLAB_RATE_AI_SESSION]),
+      NULL },
+
     { ngx_string("collab_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
       ngx_collab_zone,
@@ -411,6 +419,7 @@ ngx_collab_create_main_conf(ngx_conf_t *cf)
     cmcf->presence.rates[0].rate = NGX_CONF_UNSET_UINT;
     cmcf->presence.rates[1].rate = NGX_CONF_UNSET_UINT;
     cmcf->presence.rates[2].rate = NGX_CONF_UNSET_UINT;
+    cmcf->presence.rates[3].rate = NGX_CONF_UNSET_UINT;
 
     cmcf->ai.timeout = NGX_CONF_UNSET_MSEC;
     cmcf->ai.max_tokens = NGX_CONF_UNSET_UINT;
@@ -459,6 +468,13 @@ ngx_collab_init_main_conf(ngx_conf_t *cf, void *conf)
     if (cmcf->presence.rates[2].rate == NGX_CONF_UNSET_UINT) {
         cmcf->presence.rates[2].rate = 166;
         cmcf->presence.rates[2].burst = 3000;
+    }
+
+    /* 30r/m burst=10, whoever in the session asks */
+
+    if (cmcf->presence.rates[3].rate == NGX_CONF_UNSET_UINT) {
+        cmcf->presence.rates[3].rate = 500;
+        cmcf->presence.rates[3].burst = 10000;
     }
 
     ngx_conf_init_msec_value(cmcf->ai.timeout, 60000);

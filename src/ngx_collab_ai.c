@@ -26,7 +26,8 @@
  * with an "ai_error" event; "ai_cancel" stops the transfer and stores what
  * arrived, marked cancelled; a reply cut at collab_ai_max_tokens is stored
  * marked truncated.  One job per session at a time, collab_ai_concurrency
- * per worker, collab_rate_ai per user.
+ * per worker, collab_rate_ai per user, collab_rate_ai_session per
+ * session.
  *
  * In a "text-to-image" session the job instead POSTs {model, prompt, n: 1,
  * response_format: "b64_json"} to <collab_ai_endpoint>/images/generations
@@ -258,6 +259,15 @@ ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq, int64_t user,
     if (delay) {
         ngx_collab_ai_error(room, seq, "RATE_LIMITED",
                             "too many questions to the assistant");
+        return;
+    }
+
+    delay = ngx_collab_presence_limit(room->id, NGX_COLLAB_RATE_AI_SESSION);
+
+    if (delay) {
+        ngx_collab_ai_error(room, seq, "RATE_LIMITED",
+                            "too many questions to the assistant in this "
+                            "session");
         return;
     }
 

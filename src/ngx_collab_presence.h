@@ -24,6 +24,7 @@
 #define NGX_COLLAB_RATE_PRESENCE  0
 #define NGX_COLLAB_RATE_MESSAGES  1
 #define NGX_COLLAB_RATE_AI        2
+#define NGX_COLLAB_RATE_AI_SESSION  3          /* keyed by the session */
 
 
 typedef struct {
@@ -38,7 +39,7 @@ typedef struct {
     ngx_msec_t                  grace;
     ngx_msec_t                  typing_timeout;
     ngx_msec_t                  batch;
-    ngx_collab_rate_t           rates[3];
+    ngx_collab_rate_t           rates[4];
 } ngx_collab_presence_conf_t;
 
 

@@ -9,6 +9,8 @@
 # never the assistant's own.  off: none.  collab_rate_ai (in collab_zone)
 # limits each user: beyond the burst the question is stored, and both
 # participants get ai_error RATE_LIMITED; another user is not held back.
+# collab_rate_ai_session: a third user of a session over its rate is
+# refused too, and the same user elsewhere is answered.
 #
 # Why: a mention that misfires costs money at the provider; one that does
 # not fire is a broken feature.  "Not triggered" is shown by order, not by
@@ -131,6 +133,12 @@ $t->start_nginx(ai_conf($mock, timeout => '5s', port => '2',
 $t->start_nginx(ai_conf($mock, timeout => '5s', port => '3',
                         extra => '    collab_ai_trigger off;'),
                 name => 'off');
+$t->start_nginx(ai_conf($mock, timeout => '5s', port => '4',
+                        extra => <<'X'), name => 'session-rate');
+    collab_zone collab 1m;
+    collab_rate_ai 100r/m burst=100;
+    collab_rate_ai_session 1r/m burst=1;
+X
 
 my $dbh = $t->pg_dbh;
 
@@ -292,7 +300,46 @@ is(scalar @{ ai_replies($sid4) }, 0, '  no ai row');
 my $r = $hal->req(op => 'ai_cancel', session => $slug4);
 is($r->{code}, 'NOT_FOUND', '  ai_cancel: NOT_FOUND');
 
-no_key_anywhere($t, $dan, $eve, $ann, $bob, $fay, $gus, $hal, $ivy);
+
+# --- collab_rate_ai_session -------------------------------------------------
+
+my $port4 = $t->port(4);
+my @sr = map { Collab::Chat->open($t, user => "sr$_", name => "Sr$_",
+                                  port => $port4, raw_log => 1) } 1 .. 3;
+my ($slug5, $sid5) = session_for(@sr);
+
+my @a5;
+for my $i (0, 1) {
+    my $q = say_($sr[$i], $slug5, "\@ai [fast] from sr" . ($i + 1));
+    my ($d, $f) = ai_reply($sr[2], $q);
+    is($f->{op} . ':' . ($f->{kind} // ''), 'message:ai',
+       "1r/m burst=1 per session: question " . ($i + 1)
+       . ' (another user each time) is answered') or diag(explain($f));
+    ai_reply($_, $q) for @sr[0, 1];
+    push @a5, $q;
+}
+
+$n0 = nreq();
+my $q5 = say_($sr[2], $slug5, '@ai [fast] and me?');
+for my $c (@sr) {
+    my ($d, $e) = ai_reply($c, $q5);
+    is_deeply([@$e{qw(op session replyTo code)}],
+              ['ai_error', $slug5, $q5, 'RATE_LIMITED'],
+              $c->user . ': a third user is RATE_LIMITED in this session')
+        or diag(explain($e));
+    like($e->{message} // '', qr/in this session/,
+         '  the message names the session') if $c == $sr[0];
+}
+is(nreq(), $n0, '  no request to the provider');
+is_deeply(ai_replies($sid5), \@a5, '  no ai row for it');
+
+my ($slug6) = session_for($sr[2]);
+my $q6 = say_($sr[2], $slug6, '@ai [fast] elsewhere');
+my ($d6, $f6) = ai_reply($sr[2], $q6);
+is($f6->{op} . ':' . ($f6->{kind} // ''), 'message:ai',
+   'the same user in another session is answered') or diag(explain($f6));
+
+no_key_anywhere($t, $dan, $eve, $ann, $bob, $fay, $gus, $hal, $ivy, @sr);
 
 $mock->stop;
 
