@@ -103,6 +103,8 @@ static void ngx_collab_op_history(ngx_collab_conn_t *conn, json_t *req,
     json_t *ref);
 static void ngx_collab_op_history_done(ngx_collab_pg_query_t *q,
     PGresult *res);
+static ngx_collab_member_t *ngx_collab_presence_member(
+    ngx_collab_conn_t *conn, ngx_str_t *slug, json_t *ref);
 static void ngx_collab_op_presence(ngx_collab_conn_t *conn, json_t *req,
     json_t *ref);
 static void ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req,
@@ -1589,6 +1591,39 @@ ngx_collab_op_history_done(ngx_collab_pg_query_t *q, PGresult *res)
 }
 
 
+/*
+ * presence and typing: the connection's member of the session, present
+ * in the zone and within collab_rate_presence; or NULL, answered
+ */
+
+static ngx_collab_member_t *
+ngx_collab_presence_member(ngx_collab_conn_t *conn, ngx_str_t *slug,
+    json_t *ref)
+{
+    ngx_collab_member_t  *m;
+
+    m = ngx_collab_member_find(conn, slug);
+
+    if (m == NULL) {
+        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
+                                  "join the session first");
+        return NULL;
+    }
+
+    if (!m->present) {
+        ngx_collab_protocol_error(conn, "UNAVAILABLE", ref,
+                                  "presence needs collab_zone");
+        return NULL;
+    }
+
+    if (ngx_collab_limited(conn, ref, NGX_COLLAB_RATE_PRESENCE)) {
+        return NULL;
+    }
+
+    return m;
+}
+
+
 static void
 ngx_collab_op_presence(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
 {
@@ -1620,21 +1655,8 @@ ngx_collab_op_presence(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    m = ngx_collab_member_find(conn, &slug);
-
+    m = ngx_collab_presence_member(conn, &slug, ref);
     if (m == NULL) {
-        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
-                                  "join the session first");
-        return;
-    }
-
-    if (!m->present) {
-        ngx_collab_protocol_error(conn, "UNAVAILABLE", ref,
-                                  "presence needs collab_zone");
-        return;
-    }
-
-    if (ngx_collab_limited(conn, ref, NGX_COLLAB_RATE_PRESENCE)) {
         return;
     }
 
@@ -1667,21 +1689,8 @@ ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    m = ngx_collab_member_find(conn, &slug);
-
+    m = ngx_collab_presence_member(conn, &slug, ref);
     if (m == NULL) {
-        ngx_collab_protocol_error(conn, "ACCESS_DENIED", ref,
-                                  "join the session first");
-        return;
-    }
-
-    if (!m->present) {
-        ngx_collab_protocol_error(conn, "UNAVAILABLE", ref,
-                                  "presence needs collab_zone");
-        return;
-    }
-
-    if (ngx_collab_limited(conn, ref, NGX_COLLAB_RATE_PRESENCE)) {
         return;
     }
 
