@@ -14,8 +14,10 @@
 # joined", messages go both ways, "Ann is
 # typing…" appears and goes, nginx is stopped and started again (the page
 # reconnects by itself and the messages queued meanwhile appear exactly
-# once, also in the database), and Bob closing his page shows him offline
-# to Ann.  Screenshots go to build/test-output/070-browser/ (or
+# once, also in the database), an "@ai" question's reply (from the mock
+# provider, t/lib/Collab/MockAI.pm) streams into both pages and becomes an
+# "Assistant" message, Cancel stops a long one, the owner turns the
+# assistant off, and Bob closing his page shows him offline to Ann.  Screenshots go to build/test-output/070-browser/ (or
 # $TEST_OUTPUT_DIR/070-browser/); the path is printed.
 #
 # Why: the client's reconnect, resume and queue logic is unit-tested
@@ -38,6 +40,7 @@ use POSIX qw(WNOHANG);
 use Test::More;
 use Time::HiRes qw(time);
 use Collab::Test;
+use Collab::MockAI;
 
 my $REPO = Collab::Test->repo;
 my $CHROMIUM = $ENV{CHROMIUM} || '/usr/bin/chromium';
@@ -55,6 +58,13 @@ ok(-f "$REPO/conf/www/collab-client.js",
 my $t = Collab::Test->new;
 $t->start_pg;
 
+# the AI participant's provider: a mock, with a key file
+my $mock = Collab::MockAI->start(dir => $t->dir);
+open my $kfh, '>', $t->dir . '/ai.key' or die $!;
+print $kfh "sk-mock-070\n";
+close $kfh;
+my $ai_endpoint = $mock->endpoint;
+
 my $conf = <<"EOF";
     include       /etc/nginx/mime.types;
     default_type  application/octet-stream;
@@ -62,6 +72,10 @@ my $conf = <<"EOF";
     collab_postgres        "%%PG_DSN%%" pool=4;
     collab_zone            collab 4m;
     collab_presence_grace  1s;
+    collab_ai_endpoint     $ai_endpoint;
+    collab_ai_key_file     %%TESTDIR%%/ai.key;
+    collab_ai_model        mock/model-1;
+    collab_ai_timeout      20s;
 
     server {
         listen  127.0.0.1:%%PORT%%;
@@ -168,6 +182,9 @@ is_deeply($rows, [
     ['Hi Bob, Ann here', 'ann', 1],
     ['Sent while nginx was down (1)', 'ann', 1],
     ['Sent while nginx was down (2)', 'ann', 1],
+    ['@ai when do we ship?', 'ann', 1],
+    ['@ai [long] tell me everything', 'ann', 1],
+    ['@ai are you there?', 'bob', 1],
 ], 'chat_messages holds each message once') or diag(explain($rows));
 
 # the session is private, and Bob is in it by an accepted invitation
@@ -181,6 +198,16 @@ SQL
 is_deeply($rows, [['Launch plan', 0, 'bob', 'ann', 'accepted']],
           'one invitation, from ann to bob, accepted; the session private')
     or diag(explain($rows));
+
+# the assistant answered twice: once whole, once cancelled
+$rows = $dbh->selectall_arrayref(<<'SQL');
+SELECT m.kind, m.user_id IS NULL, m.metadata->>'cancelled'
+  FROM chat_messages m WHERE m.kind = 'ai' ORDER BY m.seq
+SQL
+is_deeply($rows, [['ai', 1, undef], ['ai', 1, 'true']],
+          'two ai messages stored, the second cancelled')
+    or diag(explain($rows));
 $dbh->disconnect;
+$mock->stop;
 
 done_testing();

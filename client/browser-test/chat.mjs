@@ -324,6 +324,8 @@ async function scenario(browser) {
            JSON.stringify(list));
     }
 
+    await aiScenario(a, b);
+
     // Bob types once more so that the screenshot shows the indicator
     await b.type('#compose-text', 'Shi', { delay: 30 });
     await until(a, 'typing indicator for the screenshot',
@@ -340,6 +342,90 @@ async function scenario(browser) {
        'Ann sees Bob go offline after the grace period');
     await a.screenshot({ path: join(outDir, 'bob-left.png') });
     await ctxA.close();
+}
+
+// the mock provider's reply (t/lib/Collab/MockAI.pm, reply_text(n))
+function mockReply(n) {
+    const extra = ['', ' "q"', ' caf\u00e9', ' a\\b', ' \u{1F600}'];
+    let s = '';
+    for (let i = 0; i < n; i++) {
+        s += `w${i}${extra[i % extra.length]} `;
+    }
+    return s;
+}
+
+// the ai messages on a page: who, body, the state note ("(cancelled)")
+const aiMessages = (page) => page.$$eval('#messages li.ai', (lis) =>
+    lis.map((li) => ({ who: li.querySelector('.who')?.textContent,
+                       body: li.querySelector('.body')?.textContent,
+                       note: li.querySelector('.state')?.textContent ?? '' })));
+
+// --- the AI participant (the .t file's mock provider): a reply streams
+//     into both pages and becomes a message; Cancel stops one; the owner
+//     turns the assistant off ---
+async function aiScenario(a, b) {
+    ok(await a.isVisible('#ai-trigger'),
+       'the owner sees the assistant setting');
+    ok(!(await b.isVisible('#ai-trigger')), 'Bob does not');
+
+    await a.fill('#compose-text', '@ai when do we ship?');
+    await a.press('#compose-text', 'Enter');
+    ok(await until(b, 'the streaming reply on Bob\'s page',
+                   () => [...document.querySelectorAll('#ai-live li')]
+                         .some((li) => /typing/.test(li.textContent)
+                               && li.querySelector('.body')
+                                    ?.textContent.startsWith('w0'))),
+       'the reply streams into Bob\'s page ("Assistant is typing…")');
+    const want = mockReply(10);
+    for (const [p, who] of [[a, 'Ann'], [b, 'Bob']]) {
+        ok(await until(p, `the reply on ${who}'s page`,
+                       (w) => document.querySelectorAll('#ai-live li')
+                                  .length === 0
+                              && [...document.querySelectorAll(
+                                  '#messages li.ai .body')]
+                                  .some((x) => x.textContent === w),
+                       want),
+           `the reply becomes an Assistant message on ${who}'s page`,
+           JSON.stringify(await aiMessages(p)));
+    }
+    const [m] = await aiMessages(b);
+    ok(m && m.who === 'Assistant', 'shown as from "Assistant"',
+       JSON.stringify(m));
+
+    // a long reply, cancelled from Ann's page: what arrived is kept
+    await a.fill('#compose-text', '@ai [long] tell me everything');
+    await a.press('#compose-text', 'Enter');
+    ok(await until(a, 'the long reply streaming',
+                   () => !!document.querySelector('#ai-live li .body')
+                         ?.textContent),
+       'the long reply streams in');
+    await a.screenshot({ path: join(outDir, 'ai-streaming.png') });
+    await a.click('#ai-live li button');
+    for (const [p, who] of [[a, 'Ann'], [b, 'Bob']]) {
+        ok(await until(p, `the cancelled reply on ${who}'s page`,
+                       () => document.querySelectorAll('#ai-live li')
+                                 .length === 0
+                             && [...document.querySelectorAll(
+                                 '#messages li.ai .state')]
+                                 .some((x) => x.textContent
+                                       === '(cancelled)')),
+           `Cancel stops it; ${who} sees it marked cancelled`,
+           JSON.stringify(await aiMessages(p)));
+    }
+
+    // the owner turns the assistant off: Bob's client hears it
+    await a.selectOption('#ai-trigger', 'off');
+    ok(await until(b, 'aiTrigger off on Bob\'s page',
+                   () => window.collabClient.session(location.hash.slice(3))
+                             .getSnapshot().info?.aiTrigger === 'off'),
+       'the owner turns the assistant off; Bob\'s session info follows');
+    await b.fill('#compose-text', '@ai are you there?');
+    await b.press('#compose-text', 'Enter');
+    await b.waitForTimeout(1500);
+    const n = (await aiMessages(a)).length;
+    ok(n === 2 && (await a.$$('#ai-live li')).length === 0,
+       `with the assistant off, "@ai" gets no reply (${n} ai messages)`);
+    await a.fill('#compose-text', '');
 }
 
 mkdirSync(outDir, { recursive: true });

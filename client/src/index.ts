@@ -16,12 +16,18 @@
  *   - throttles typing notices and stops them by itself;
  *   - reports "away" while the page is hidden;
  *   - keeps the user's pending invitations (client.invitations) live, and
- *     has the owner's ops: invite, accept, decline, revoke.
+ *     has the owner's ops: invite, accept, decline, revoke;
+ *   - shows the AI participant's replies as they stream in (aiReplies in
+ *     the snapshot), and can cancel them.
  */
 
 /* --- protocol types ------------------------------------------------------- */
 
 export type Ref = string | number;
+
+/* which messages call on the AI participant (PROTOCOL.md, "AI
+ * participant"); a session's null means the server's collab_ai_trigger */
+export type AiTrigger = 'mention' | 'always' | 'off';
 
 export interface SessionInfo {
     id: string;
@@ -29,6 +35,7 @@ export interface SessionInfo {
     type?: string;
     isPublic?: boolean;
     maxParticipants?: number | null;
+    aiTrigger?: AiTrigger | null;
     owner?: string;
     role?: string;
     lastSeq?: number;
@@ -67,6 +74,16 @@ export interface ServerFrame {
 
 export type InvitationStatus =
     'pending' | 'accepted' | 'declined' | 'revoked' | 'expired';
+
+/* what the owner may change with updateSession() (the "update" op);
+ * maxParticipants null removes the limit, aiTrigger null gives the
+ * session back the server's setting */
+export interface SessionChanges {
+    title?: string;
+    isPublic?: boolean;
+    maxParticipants?: number | null;
+    aiTrigger?: AiTrigger | null;
+}
 
 /* an invitation to a private session (PROTOCOL.md, "Invitations") */
 export interface Invitation {
@@ -137,6 +154,28 @@ export interface ChatMessage {
     state: MessageState;
     own: boolean;
     error?: string;
+    /* the server's metadata, when the message has some: for kind "ai",
+     * replyTo (the question's seq), model, cancelled, truncated, and
+     * image (a data: or http(s) URL) in text-to-image sessions */
+    metadata?: Record<string, unknown>;
+}
+
+/*
+ * A reply of the AI participant while it is being made, keyed by the seq
+ * of the question (replyTo).  text: the ai_delta texts received so far,
+ * in index order (empty while the first one is missing, e.g. after a
+ * reconnect in the middle of a reply); stage: the last ai_progress
+ * ("generating" for pictures); error: the ai_error that ended it (the
+ * text is then empty: nothing of the reply is stored).  The entry goes
+ * when the reply's message (kind "ai", metadata.replyTo) arrives; an
+ * entry with an error stays until dismissAiError(replyTo), or until a
+ * later message arrives, so the UI has the time to show it.
+ */
+export interface AiReply {
+    replyTo: number;
+    text: string;
+    stage?: string;
+    error?: { code: string; message: string };
 }
 
 export interface TypingUser {
@@ -159,6 +198,7 @@ export interface SessionState {
     messages: readonly ChatMessage[];
     presence: readonly PresenceEntry[];
     typingUsers: readonly TypingUser[];
+    aiReplies: readonly AiReply[];      /* in replyTo order */
     lastSeq: number;
     hasOlder: boolean;
     error: CollabError | null;
@@ -369,6 +409,16 @@ interface OutboxItem {
     retryTimer: unknown;
 }
 
+/* a reply of the AI participant in progress (see AiReply) */
+interface AiStream {
+    replyTo: number;
+    text: string;               /* the deltas 0 .. next-1, joined */
+    next: number;               /* the index of the delta awaited */
+    early: Map<number, string>; /* deltas that came before their turn */
+    stage?: string;
+    error?: { code: string; message: string };
+}
+
 type Listener = () => void;
 
 /* --- one session ---------------------------------------------------------- */
@@ -388,6 +438,9 @@ export class CollabSession {
     private presence = new Map<string, PresenceEntry>();
     private names = new Map<string, string>();
     private typing = new Map<string, unknown>();   /* user -> expiry timer */
+    private ai = new Map<number, AiStream>();      /* replyTo -> reply */
+    /* questions whose reply message arrived: late deltas are ignored */
+    private aiDone = new Set<number>();
 
     private status: SessionStatus = 'idle';
     private info: SessionInfo | null = null;
@@ -471,6 +524,7 @@ export class CollabSession {
         this.joinGen++;
         this.stopTyping(false);
         this.clearTyping();
+        this.ai.clear();
         if (this.client._isOpen() && this.status !== 'idle'
             && this.status !== 'error')
         {
@@ -613,6 +667,27 @@ export class CollabSession {
         }
     }
 
+    /* --- the AI participant --- */
+
+    /*
+     * Stop the reply being made in this session (any participant may):
+     * resolves on ai_cancelled, rejects with a CollabError (NOT_FOUND: no
+     * reply is being made) or an Error (not connected).  What arrived so
+     * far is stored and comes as the reply's message with cancelled:
+     * true; if nothing had, an ai_error CANCELLED follows instead.
+     */
+    async cancelAi(): Promise<void> {
+        await this.client.request('ai_cancel', { session: this.id });
+    }
+
+    /* forget a reply that ended with an error, once the UI showed it */
+    dismissAiError(replyTo: number): void {
+        if (this.ai.get(replyTo)?.error) {
+            this.ai.delete(replyTo);
+            this.changed();
+        }
+    }
+
     /* --- joining and resuming --- */
 
     _connectionOpen(): void {
@@ -636,6 +711,9 @@ export class CollabSession {
         }
         this.typingOn = false;
         this.clearTyping();
+        /* replies in progress are dropped: their messages come with the
+         * resume, and deltas that follow it start a new entry */
+        this.ai.clear();
         if (this.wanted && this.status !== 'error') {
             this.status = 'joining';
         }
@@ -763,8 +841,26 @@ export class CollabSession {
 
         case 'message':
             if (this.status === 'live' || this.status === 'syncing') {
-                this.addMessage(f as unknown as WireMessage);
+                const m = f as unknown as WireMessage;
+                if (this.addMessage(m)) {
+                    this.dropAiErrorsBefore(m.seq);
+                }
                 this.changed();
+            }
+            return;
+
+        case 'ai_delta':
+        case 'ai_progress':
+        case 'ai_error':
+            if (this.status === 'live' || this.status === 'syncing') {
+                this.aiEvent(f);
+            }
+            return;
+
+        case 'session':
+            /* the owner's update: the session object after it */
+            if (f.changes && typeof f.changes === 'object') {
+                this._applyInfo(f.changes as SessionInfo);
             }
             return;
 
@@ -786,6 +882,74 @@ export class CollabSession {
         default:
             return;
         }
+    }
+
+    /* --- AI replies --- */
+
+    private aiEvent(f: ServerFrame): void {
+        const replyTo = f.replyTo;
+        if (typeof replyTo !== 'number' || this.aiDone.has(replyTo)) {
+            return;                 /* its message is here already */
+        }
+        let r = this.ai.get(replyTo);
+        if (!r) {
+            r = { replyTo, text: '', next: 0, early: new Map() };
+            this.ai.set(replyTo, r);
+        }
+
+        if (f.op === 'ai_error') {
+            /* nothing of the reply is stored: what was shown goes */
+            r.text = '';
+            r.early.clear();
+            r.stage = undefined;
+            r.error = { code: String(f.code ?? 'ERROR'),
+                        message: String(f.message ?? f.code ?? '') };
+        } else if (r.error) {
+            return;                 /* over already */
+        } else if (f.op === 'ai_progress') {
+            r.stage = typeof f.stage === 'string' ? f.stage : undefined;
+        } else {
+            const index = f.index;
+            if (typeof index !== 'number' || typeof f.text !== 'string'
+                || index < r.next || r.early.has(index))
+            {
+                return;             /* a duplicate, or malformed */
+            }
+            /* deltas join in index order; one out of turn waits */
+            r.early.set(index, f.text);
+            let t: string | undefined;
+            while ((t = r.early.get(r.next)) !== undefined) {
+                r.early.delete(r.next);
+                r.text += t;
+                r.next++;
+            }
+        }
+        this.changed();
+    }
+
+    /* the reply's message arrived: its provisional entry goes */
+    private aiReplyStored(m: WireMessage): void {
+        const meta = m.metadata as { replyTo?: unknown } | null | undefined;
+        if (m.kind !== 'ai' || !meta || typeof meta.replyTo !== 'number') {
+            return;
+        }
+        this.aiDone.add(meta.replyTo);
+        this.ai.delete(meta.replyTo);
+    }
+
+    /* errors stay on screen until a later message arrives */
+    private dropAiErrorsBefore(seq: number): void {
+        for (const r of Array.from(this.ai.values())) {
+            if (r.error && r.replyTo < seq) {
+                this.ai.delete(r.replyTo);
+            }
+        }
+    }
+
+    /* a newer session object (a "session" event, an "updated" reply) */
+    _applyInfo(changes: SessionInfo): void {
+        this.info = { ...(this.info ?? {}), ...changes };
+        this.changed();
     }
 
     /* true when the message was new */
@@ -834,6 +998,8 @@ export class CollabSession {
         if (m.user && this.typing.has(m.user)) {
             this.typingEvent(m.user, false);
         }
+
+        this.aiReplyStored(m);
 
         return true;
     }
@@ -1024,6 +1190,8 @@ export class CollabSession {
             state: 'sent' as MessageState,
             own: me !== null ? m.user === me
                  : !!m.clientMsgId && this.ownIds.has(m.clientMsgId),
+            ...(m.metadata && typeof m.metadata === 'object'
+                ? { metadata: m.metadata as Record<string, unknown> } : {}),
         }));
 
         /* acknowledged but not received yet: at their seq */
@@ -1056,6 +1224,15 @@ export class CollabSession {
             typing: this.typing.has(p.user),
         }));
 
+        const aiReplies: AiReply[] = Array.from(this.ai.values())
+            .sort((a, b) => a.replyTo - b.replyTo)
+            .map((r) => ({
+                replyTo: r.replyTo,
+                text: r.text,
+                ...(r.stage !== undefined ? { stage: r.stage } : {}),
+                ...(r.error ? { error: r.error } : {}),
+            }));
+
         return {
             id: this.id,
             status: this.status,
@@ -1063,6 +1240,7 @@ export class CollabSession {
             messages: out,
             presence,
             typingUsers,
+            aiReplies,
             lastSeq: this.lastSeq(),
             hasOlder: this.hasOlder,
             error: this.error,
@@ -1666,11 +1844,31 @@ export class CollabClient {
 
     async createSession(opts: { title: string; isPublic?: boolean;
                                 maxParticipants?: number | null;
-                                type?: string }): Promise<SessionInfo>
+                                type?: string;
+                                aiTrigger?: AiTrigger | null })
+        : Promise<SessionInfo>
     {
         await this.whenOpen();
         const r = await this.request('create', { ...opts });
         return r.session as SessionInfo;
+    }
+
+    /*
+     * The owner changes a session ("update"): resolves with the session
+     * object after the change.  A handle for the session takes it at
+     * once; the other participants get it with the "session" event.
+     */
+    async updateSession(sessionId: string, changes: SessionChanges)
+        : Promise<SessionInfo>
+    {
+        await this.whenOpen();
+        const r = await this.request('update',
+                                     { ...changes, session: sessionId });
+        const info = r.session as SessionInfo;
+        if (info && typeof info.id === 'string') {
+            this.sessions.get(info.id)?._applyInfo(info);
+        }
+        return info;
     }
 
     async listSessions(limit = 50): Promise<SessionInfo[]> {

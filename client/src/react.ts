@@ -10,7 +10,7 @@ import type { ReactElement } from 'react';
 
 import { formatTyping } from './index.js';
 import type {
-    ChatMessage, CollabClient, CollabSession, InvitationsState,
+    AiReply, ChatMessage, CollabClient, CollabSession, InvitationsState,
     PresenceEntry, SessionInfo, SessionState, SessionStatus, TypingUser,
 } from './index.js';
 
@@ -18,12 +18,18 @@ export interface UseCollabSession {
     messages: readonly ChatMessage[];
     presence: readonly PresenceEntry[];
     typingUsers: readonly TypingUser[];
+    /* the AI participant's replies being made (see AiReply) */
+    aiReplies: readonly AiReply[];
     /* queue a message (sent now, or when the connection is back) */
     send: (body: string) => string | null;
     /* call with true on every keystroke; throttled and auto-stopped */
     setTyping: (on: boolean) => void;
     retry: (clientMsgId: string) => void;
     loadOlder: () => Promise<number>;
+    /* stop the AI reply being made (resolves on ai_cancelled) */
+    cancelAi: () => Promise<void>;
+    /* forget an AI reply that ended with an error */
+    dismissAiError: (replyTo: number) => void;
     status: SessionStatus;
     state: SessionState | null;
 }
@@ -35,6 +41,7 @@ const EMPTY: SessionState = {
     messages: [],
     presence: [],
     typingUsers: [],
+    aiReplies: [],
     lastSeq: 0,
     hasOlder: false,
     error: null,
@@ -74,15 +81,23 @@ export function useCollabSession(client: CollabClient,
     }, [session]);
     const loadOlder = useCallback(() =>
         session ? session.loadOlder() : Promise.resolve(0), [session]);
+    const cancelAi = useCallback(() =>
+        session ? session.cancelAi() : Promise.resolve(), [session]);
+    const dismissAiError = useCallback((replyTo: number) => {
+        session?.dismissAiError(replyTo);
+    }, [session]);
 
     return {
         messages: state.messages,
         presence: state.presence,
         typingUsers: state.typingUsers,
+        aiReplies: state.aiReplies,
         send,
         setTyping,
         retry,
         loadOlder,
+        cancelAi,
+        dismissAiError,
         status: state.status,
         state: session ? state : null,
     };

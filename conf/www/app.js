@@ -3,7 +3,10 @@
 // shown at a time, the session id in the URL's fragment (#s=<id>).
 // Sessions are private by default: the owner invites people by name, and
 // they accept from their list of invitations, which updates live.  A
-// public session can also be joined by anyone who has its link.
+// public session can also be joined by anyone who has its link.  When the
+// server has an AI participant, its replies stream in below the messages
+// (with a Cancel button) and then become ordinary messages; the owner
+// chooses which messages call on it.
 
 import { createCollabClient, formatTyping } from './collab-client.js';
 
@@ -303,6 +306,22 @@ function start(me) {
         }
     };
 
+    // the owner chooses which messages call on the assistant ("" = the
+    // server's collab_ai_trigger); everyone's page follows the "session"
+    // event
+    $('ai-trigger').onchange = async () => {
+        const sel = $('ai-trigger');
+        try {
+            await client.updateSession(currentId,
+                                       { aiTrigger: sel.value || null });
+        } catch (e) {
+            alert('Could not change the assistant setting: '
+                  + (e.message || e));
+        }
+        sel.blur();
+        render();
+    };
+
     $('compose-text').oninput = () => {
         if (session) {
             session.setTyping($('compose-text').value !== '');
@@ -340,6 +359,10 @@ function start(me) {
         // of any session may invite
         $('share').hidden = !(st.info && st.info.isPublic);
         $('invite-form').hidden = !(st.info && st.info.role === 'owner');
+        $('ai-trigger-row').hidden = !(st.info && st.info.role === 'owner');
+        if (st.info && document.activeElement !== $('ai-trigger')) {
+            $('ai-trigger').value = st.info.aiTrigger || '';
+        }
         if (st.status === 'live' && !wasLive) {
             refreshSessions();              // joining a link adds it
         }
@@ -378,14 +401,16 @@ function start(me) {
         }
         for (const m of st.messages) {
             const li = document.createElement('li');
-            li.className = m.state + (m.own ? ' own' : '');
+            const ai = m.kind === 'ai';
+            li.className = m.state + (m.own ? ' own' : '') + (ai ? ' ai' : '');
             if (m.seq !== null) {
                 li.dataset.seq = m.seq;
             }
             li.dataset.clientMsgId = m.clientMsgId || '';
             const who = document.createElement('span');
             who.className = 'who';
-            who.textContent = m.userName || m.user || m.kind;
+            who.textContent = ai ? 'Assistant'
+                : m.userName || m.user || m.kind;
             const when = document.createElement('span');
             when.className = 'when';
             when.textContent = m.createdAt
@@ -408,6 +433,24 @@ function start(me) {
                 li.appendChild(s);
             }
             li.appendChild(body);
+            if (ai && m.metadata) {
+                const image = m.metadata.image;
+                if (typeof image === 'string'
+                    && /^(data:image\/|https?:)/.test(image))
+                {
+                    const img = document.createElement('img');
+                    img.src = image;
+                    img.alt = m.body;
+                    li.appendChild(img);
+                }
+                if (m.metadata.cancelled || m.metadata.truncated) {
+                    const s = document.createElement('span');
+                    s.className = 'state';
+                    s.textContent = m.metadata.cancelled ? '(cancelled)'
+                        : '(cut short)';
+                    li.appendChild(s);
+                }
+            }
             ul.appendChild(li);
         }
         const key = st.messages.length + ':' + st.lastSeq;
@@ -416,6 +459,55 @@ function start(me) {
         }
         renderedSeqKey = key;
 
+        renderAiReplies(st.aiReplies);
         $('typing').textContent = formatTyping(st.typingUsers);
+    }
+
+    // the assistant's replies being made: the text so far and a Cancel
+    // button; one that failed is a small notice until dismissed (or the
+    // next message)
+    function renderAiReplies(replies) {
+        const ul = $('ai-live');
+        ul.textContent = '';
+        for (const r of replies) {
+            const li = document.createElement('li');
+            li.dataset.replyTo = r.replyTo;
+            const btn = document.createElement('button');
+            if (r.error) {
+                li.className = 'error';
+                li.textContent = r.error.code === 'CANCELLED'
+                    ? 'The assistant\'s reply was cancelled.'
+                    : `The assistant could not answer: `
+                      + `${r.error.message || r.error.code}`;
+                btn.textContent = 'Dismiss';
+                btn.onclick = () => session.dismissAiError(r.replyTo);
+                li.appendChild(btn);
+                ul.appendChild(li);
+                continue;
+            }
+            const who = document.createElement('span');
+            who.className = 'who';
+            who.textContent = 'Assistant';
+            const stage = document.createElement('span');
+            stage.className = 'stage';
+            stage.textContent = r.stage === 'generating'
+                ? 'is drawing…' : 'is typing…';
+            btn.textContent = 'Cancel';
+            btn.onclick = () => {
+                btn.disabled = true;
+                session.cancelAi().catch((e) => {
+                    // NOT_FOUND: it had just finished
+                    if (e.code !== 'NOT_FOUND') {
+                        alert('Could not cancel: ' + (e.message || e));
+                    }
+                });
+            };
+            const body = document.createElement('div');
+            body.className = 'body';
+            body.textContent = r.text;
+            li.append(who, stage, btn, body);
+            ul.appendChild(li);
+        }
+        ul.scrollTop = ul.scrollHeight;
     }
 }

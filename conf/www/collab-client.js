@@ -16,7 +16,9 @@
  *   - throttles typing notices and stops them by itself;
  *   - reports "away" while the page is hidden;
  *   - keeps the user's pending invitations (client.invitations) live, and
- *     has the owner's ops: invite, accept, decline, revoke.
+ *     has the owner's ops: invite, accept, decline, revoke;
+ *   - shows the AI participant's replies as they stream in (aiReplies in
+ *     the snapshot), and can cancel them.
  */
 /* an "error" reply, as a rejected promise */
 export class CollabError extends Error {
@@ -128,6 +130,9 @@ export class CollabSession {
         this.presence = new Map();
         this.names = new Map();
         this.typing = new Map(); /* user -> expiry timer */
+        this.ai = new Map(); /* replyTo -> reply */
+        /* questions whose reply message arrived: late deltas are ignored */
+        this.aiDone = new Set();
         this.status = 'idle';
         this.info = null;
         this.error = null;
@@ -201,6 +206,7 @@ export class CollabSession {
         this.joinGen++;
         this.stopTyping(false);
         this.clearTyping();
+        this.ai.clear();
         if (this.client._isOpen() && this.status !== 'idle'
             && this.status !== 'error') {
             this.client.request('leave', { session: this.id }).catch(() => { });
@@ -330,6 +336,24 @@ export class CollabSession {
             this.loadingOlder = false;
         }
     }
+    /* --- the AI participant --- */
+    /*
+     * Stop the reply being made in this session (any participant may):
+     * resolves on ai_cancelled, rejects with a CollabError (NOT_FOUND: no
+     * reply is being made) or an Error (not connected).  What arrived so
+     * far is stored and comes as the reply's message with cancelled:
+     * true; if nothing had, an ai_error CANCELLED follows instead.
+     */
+    async cancelAi() {
+        await this.client.request('ai_cancel', { session: this.id });
+    }
+    /* forget a reply that ended with an error, once the UI showed it */
+    dismissAiError(replyTo) {
+        if (this.ai.get(replyTo)?.error) {
+            this.ai.delete(replyTo);
+            this.changed();
+        }
+    }
     /* --- joining and resuming --- */
     _connectionOpen() {
         if (this.wanted) {
@@ -351,6 +375,9 @@ export class CollabSession {
         }
         this.typingOn = false;
         this.clearTyping();
+        /* replies in progress are dropped: their messages come with the
+         * resume, and deltas that follow it start a new entry */
+        this.ai.clear();
         if (this.wanted && this.status !== 'error') {
             this.status = 'joining';
         }
@@ -463,8 +490,24 @@ export class CollabSession {
         switch (f.op) {
             case 'message':
                 if (this.status === 'live' || this.status === 'syncing') {
-                    this.addMessage(f);
+                    const m = f;
+                    if (this.addMessage(m)) {
+                        this.dropAiErrorsBefore(m.seq);
+                    }
                     this.changed();
+                }
+                return;
+            case 'ai_delta':
+            case 'ai_progress':
+            case 'ai_error':
+                if (this.status === 'live' || this.status === 'syncing') {
+                    this.aiEvent(f);
+                }
+                return;
+            case 'session':
+                /* the owner's update: the session object after it */
+                if (f.changes && typeof f.changes === 'object') {
+                    this._applyInfo(f.changes);
                 }
                 return;
             case 'presence':
@@ -482,6 +525,70 @@ export class CollabSession {
             default:
                 return;
         }
+    }
+    /* --- AI replies --- */
+    aiEvent(f) {
+        const replyTo = f.replyTo;
+        if (typeof replyTo !== 'number' || this.aiDone.has(replyTo)) {
+            return; /* its message is here already */
+        }
+        let r = this.ai.get(replyTo);
+        if (!r) {
+            r = { replyTo, text: '', next: 0, early: new Map() };
+            this.ai.set(replyTo, r);
+        }
+        if (f.op === 'ai_error') {
+            /* nothing of the reply is stored: what was shown goes */
+            r.text = '';
+            r.early.clear();
+            r.stage = undefined;
+            r.error = { code: String(f.code ?? 'ERROR'),
+                message: String(f.message ?? f.code ?? '') };
+        }
+        else if (r.error) {
+            return; /* over already */
+        }
+        else if (f.op === 'ai_progress') {
+            r.stage = typeof f.stage === 'string' ? f.stage : undefined;
+        }
+        else {
+            const index = f.index;
+            if (typeof index !== 'number' || typeof f.text !== 'string'
+                || index < r.next || r.early.has(index)) {
+                return; /* a duplicate, or malformed */
+            }
+            /* deltas join in index order; one out of turn waits */
+            r.early.set(index, f.text);
+            let t;
+            while ((t = r.early.get(r.next)) !== undefined) {
+                r.early.delete(r.next);
+                r.text += t;
+                r.next++;
+            }
+        }
+        this.changed();
+    }
+    /* the reply's message arrived: its provisional entry goes */
+    aiReplyStored(m) {
+        const meta = m.metadata;
+        if (m.kind !== 'ai' || !meta || typeof meta.replyTo !== 'number') {
+            return;
+        }
+        this.aiDone.add(meta.replyTo);
+        this.ai.delete(meta.replyTo);
+    }
+    /* errors stay on screen until a later message arrives */
+    dropAiErrorsBefore(seq) {
+        for (const r of Array.from(this.ai.values())) {
+            if (r.error && r.replyTo < seq) {
+                this.ai.delete(r.replyTo);
+            }
+        }
+    }
+    /* a newer session object (a "session" event, an "updated" reply) */
+    _applyInfo(changes) {
+        this.info = { ...(this.info ?? {}), ...changes };
+        this.changed();
     }
     /* true when the message was new */
     addMessage(m) {
@@ -526,6 +633,7 @@ export class CollabSession {
         if (m.user && this.typing.has(m.user)) {
             this.typingEvent(m.user, false);
         }
+        this.aiReplyStored(m);
         return true;
     }
     isOwn(m) {
@@ -696,6 +804,8 @@ export class CollabSession {
             state: 'sent',
             own: me !== null ? m.user === me
                 : !!m.clientMsgId && this.ownIds.has(m.clientMsgId),
+            ...(m.metadata && typeof m.metadata === 'object'
+                ? { metadata: m.metadata } : {}),
         }));
         /* acknowledged but not received yet: at their seq */
         const acked = this.outbox.filter((o) => o.seq !== null);
@@ -724,6 +834,14 @@ export class CollabSession {
             ...p,
             typing: this.typing.has(p.user),
         }));
+        const aiReplies = Array.from(this.ai.values())
+            .sort((a, b) => a.replyTo - b.replyTo)
+            .map((r) => ({
+            replyTo: r.replyTo,
+            text: r.text,
+            ...(r.stage !== undefined ? { stage: r.stage } : {}),
+            ...(r.error ? { error: r.error } : {}),
+        }));
         return {
             id: this.id,
             status: this.status,
@@ -731,6 +849,7 @@ export class CollabSession {
             messages: out,
             presence,
             typingUsers,
+            aiReplies,
             lastSeq: this.lastSeq(),
             hasOlder: this.hasOlder,
             error: this.error,
@@ -1258,6 +1377,20 @@ export class CollabClient {
         await this.whenOpen();
         const r = await this.request('create', { ...opts });
         return r.session;
+    }
+    /*
+     * The owner changes a session ("update"): resolves with the session
+     * object after the change.  A handle for the session takes it at
+     * once; the other participants get it with the "session" event.
+     */
+    async updateSession(sessionId, changes) {
+        await this.whenOpen();
+        const r = await this.request('update', { ...changes, session: sessionId });
+        const info = r.session;
+        if (info && typeof info.id === 'string') {
+            this.sessions.get(info.id)?._applyInfo(info);
+        }
+        return info;
     }
     async listSessions(limit = 50) {
         await this.whenOpen();
