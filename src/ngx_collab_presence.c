@@ -91,6 +91,7 @@ typedef struct {
     uint16_t                        ext_len;
     uint8_t                         name_len;
     uint8_t                         status;        /* last visible */
+    uint8_t                         typing_starts; /* off -> on, wraps */
     u_char                          data[1];
 } ngx_collab_presence_node_t;
 
@@ -696,6 +697,10 @@ ngx_collab_presence_typing(int64_t session, int64_t user, ngx_uint_t on)
 
         e->typing_until = until;
 
+        if (on && !was) {
+            e->typing_starts++;
+        }
+
         /*
          * A refresh is a change too: the workers' next look at the
          * session tells clients the indicator goes on (clients expire it
@@ -836,6 +841,7 @@ ngx_collab_presence_snapshot(int64_t session,
                        && (ngx_msec_int_t) (e->typing_until - now) > 0;
 
         item->typing_until = item->typing ? e->typing_until : 0;
+        item->typing_starts = e->typing_starts;
 
         if (item->typing) {
             ngx_collab_presence_sooner(&snap->next, e->typing_until);

@@ -61,6 +61,7 @@ typedef struct {
     ngx_uint_t                  status;
     ngx_uint_t                  typing;
     ngx_msec_t                  typing_until;
+    ngx_uint_t                  typing_starts; /* changes when it restarts */
     ngx_str_t                   ext;
     ngx_str_t                   name;
 } ngx_collab_presence_item_t;

@@ -170,13 +170,16 @@ ngx_collab_presence_room(ngx_collab_room_t *room)
 
         /*
          * typing on again, or on and started anew (stopped and started
-         * within one batch): clients' safety timers rely on hearing it
+         * within one batch: a client clears a user's indicator when a
+         * message of theirs arrives, and must hear the new start), or
+         * refreshed: clients' safety timers rely on hearing it
          */
 
         if (a->typing != b->typing
             || (b->typing
-                && (ngx_msec_int_t) (b->typing_until - a->typing_until)
-                   >= 1000))
+                && (a->typing_starts != b->typing_starts
+                    || (ngx_msec_int_t) (b->typing_until - a->typing_until)
+                       >= 1000)))
         {
             ngx_collab_presence_typing_event(room, b, b->typing);
         }

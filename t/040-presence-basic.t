@@ -185,6 +185,23 @@ is($bob->quiet(op => 'typing', session => $slug, on => \0), undef,
    'bob stops');
 ok($ann->wait_typing('bob', 0), 'ann sees bob stop');
 
+# stopped and started again within one batch (a send, then the next
+# keystroke): clients clear the indicator on the message, so the new
+# start must be heard even though "typing" looks unchanged at the tick
+is($bob->quiet(op => 'typing', session => $slug, on => \1), undef,
+   'bob types again');
+ok($ann->wait_typing('bob', 1), 'ann sees bob typing');
+Collab::Chat::settle(0.3, $ann);
+$ann->grab(sub { ($_->{op} // '') eq 'typing' });
+$bob->send({ op => 'typing', session => $slug, on => \0 });
+is($bob->quiet(op => 'typing', session => $slug, on => \1), undef,
+   'bob stops and starts at once');
+ok($ann->wait_typing('bob', 1, 3),
+   'ann hears "typing on" again for the new start');
+is($bob->quiet(op => 'typing', session => $slug, on => \0), undef,
+   'bob stops');
+ok($ann->wait_typing('bob', 0), 'ann sees bob stop');
+
 # a typer who disconnects stops typing (long before typing_timeout)
 my $gus = open_user('gus', 'Gus');
 is($gus->join_session($slug)->{op}, 'joined', 'gus joined');
