@@ -6,7 +6,8 @@
 /*
  * fanload: the fan-out load generator of issue 8, for ngx_collab and the
  * systems it is compared with.  One process, one epoll loop, its own
- * client side of RFC 6455 (as bench/wsload.c), thousands of connections.
+ * client side of RFC 6455 (bench/wsclient.c, shared with bench/wsload.c),
+ * thousands of connections.
  *
  * R rooms ("sessions", "channels"), each with K subscriber connections
  * and P publishers.  With --shared the P publishers are the first P
@@ -76,15 +77,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include "wsclient.h"
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT  24
-#endif
-
-#define WS_GUID        "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-#define HIST_SUB       64
-#define HIST_BUCKETS   (HIST_SUB * 40)
 
 #define MAX_URLS       8
 #define MAX_STEPS      32
@@ -92,8 +86,6 @@
 #define COLLAB_UNACKED 256
 #define HTTP_FIFO      65536
 
-
-typedef unsigned char  u_char;
 
 
 enum { P_COLLAB, P_NCHAN, P_SIO, P_WS };
@@ -191,7 +183,7 @@ static uint64_t   n_dup, n_reorder, n_wrong, n_other;
 static uint64_t   n_step_recv;
 static uint64_t   t_window_start, t_window_end;
 
-static uint64_t   hists[MAX_STEPS][HIST_BUCKETS];
+static uint64_t   hists[MAX_STEPS][WS_HIST_BUCKETS];
 static uint64_t   lat_counts[MAX_STEPS], lat_maxs[MAX_STEPS];
 static uint64_t  *hist, lat_count, lat_max;
 static uint64_t   win_start[MAX_STEPS], win_end[MAX_STEPS];
@@ -216,210 +208,11 @@ die(const char *fmt, ...)
 }
 
 
-static uint64_t
-now_us(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
-
-static uint32_t
-rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
-
-
-/* SHA-1 (FIPS 180-4), for Sec-WebSocket-Accept only */
-
-#define ROL(x, n)  (((x) << (n)) | ((x) >> (32 - (n))))
-
-static void
-sha1(const u_char *data, size_t len, u_char out[20])
-{
-    u_char     block[64];
-    size_t     i, off, total;
-    uint32_t   h[5], w[80], a, b, c, d, e, f, k, t;
-    uint64_t   bits;
-
-    h[0] = 0x67452301;
-    h[1] = 0xefcdab89;
-    h[2] = 0x98badcfe;
-    h[3] = 0x10325476;
-    h[4] = 0xc3d2e1f0;
-
-    bits = (uint64_t) len * 8;
-    total = ((len + 8) / 64 + 1) * 64;
-
-    for (off = 0; off < total; off += 64) {
-
-        for (i = 0; i < 64; i++) {
-            if (off + i < len) {
-                block[i] = data[off + i];
-
-            } else if (off + i == len) {
-                block[i] = 0x80;
-
-            } else if (off + i >= total - 8) {
-                block[i] = (u_char) (bits >> (8 * (total - 1 - off - i)));
-
-            } else {
-                block[i] = 0;
-            }
-        }
-
-        for (i = 0; i < 16; i++) {
-            w[i] = (uint32_t) block[4 * i] << 24
-                   | (uint32_t) block[4 * i + 1] << 16
-                   | (uint32_t) block[4 * i + 2] << 8
-                   | block[4 * i + 3];
-        }
-
-        for (i = 16; i < 80; i++) {
-            t = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16];
-            w[i] = ROL(t, 1);
-        }
-
-        a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4];
-
-        for (i = 0; i < 80; i++) {
-            if (i < 20) {
-                f = (b & c) | (~b & d);
-                k = 0x5a827999;
-
-            } else if (i < 40) {
-                f = b ^ c ^ d;
-                k = 0x6ed9eba1;
-
-            } else if (i < 60) {
-                f = (b & c) | (b & d) | (c & d);
-                k = 0x8f1bbcdc;
-
-            } else {
-                f = b ^ c ^ d;
-                k = 0xca62c1d6;
-            }
-
-            t = ROL(a, 5) + f + e + k + w[i];
-            e = d;
-            d = c;
-            c = ROL(b, 30);
-            b = a;
-            a = t;
-        }
-
-        h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
-    }
-
-    for (i = 0; i < 20; i++) {
-        out[i] = (u_char) (h[i / 4] >> (24 - 8 * (i % 4)));
-    }
-}
-
-
-static void
-base64(const u_char *src, size_t len, char *dst)
-{
-    size_t       i;
-    uint32_t     v;
-    static const char  tab[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    for (i = 0; i + 2 < len; i += 3) {
-        v = (uint32_t) src[i] << 16 | (uint32_t) src[i + 1] << 8 | src[i + 2];
-        *dst++ = tab[v >> 18];
-        *dst++ = tab[(v >> 12) & 63];
-        *dst++ = tab[(v >> 6) & 63];
-        *dst++ = tab[v & 63];
-    }
-
-    if (len - i == 1) {
-        v = (uint32_t) src[i] << 16;
-        *dst++ = tab[v >> 18];
-        *dst++ = tab[(v >> 12) & 63];
-        *dst++ = '=';
-        *dst++ = '=';
-
-    } else if (len - i == 2) {
-        v = (uint32_t) src[i] << 16 | (uint32_t) src[i + 1] << 8;
-        *dst++ = tab[v >> 18];
-        *dst++ = tab[(v >> 12) & 63];
-        *dst++ = tab[(v >> 6) & 63];
-        *dst++ = '=';
-    }
-
-    *dst = '\0';
-}
-
-
-/* latency histogram: 64 linear sub-buckets per power of two, in us */
-
-static unsigned
-hist_index(uint64_t v)
-{
-    unsigned  e;
-
-    if (v < HIST_SUB) {
-        return (unsigned) v;
-    }
-
-    e = 63 - (unsigned) __builtin_clzll(v) - 5;
-
-    if (e + 1 >= HIST_BUCKETS / HIST_SUB) {
-        return HIST_BUCKETS - 1;
-    }
-
-    return e * HIST_SUB + (unsigned) (v >> e);
-}
-
-
-static uint64_t
-hist_value(unsigned i)
-{
-    unsigned  e;
-
-    if (i < 2 * HIST_SUB) {
-        return i;
-    }
-
-    e = i / HIST_SUB - 1;
-
-    return ((uint64_t) (i - e * HIST_SUB) << e) + ((uint64_t) 1 << e) - 1;
-}
-
-
 static double
 hist_ms(double pct)
 {
-    unsigned  i;
-    uint64_t  want, seen, v;
-
-    if (lat_count == 0) {
-        return 0;
-    }
-
-    want = (uint64_t) (pct / 100.0 * (double) lat_count + 0.5);
-    want = want ? want : 1;
-    seen = 0;
-    v = lat_max;
-
-    for (i = 0; i < HIST_BUCKETS; i++) {
-        seen += hist[i];
-
-        if (seen >= want) {
-            v = hist_value(i) < lat_max ? hist_value(i) : lat_max;
-            break;
-        }
-    }
-
-    return (double) v / 1000.0;
+    return (double) ws_hist_percentile(hist, lat_count, lat_max, pct)
+           / 1000.0;
 }
 
 
@@ -527,45 +320,15 @@ conn_flush(conn_t *c)
 static void
 send_frame(conn_t *c, unsigned opcode, const u_char *payload, size_t len)
 {
-    u_char    hdr[14], mask[4], *p;
-    size_t    i, h, off;
-    uint32_t  r;
+    u_char  hdr[WS_HEADER_MAX];
+    size_t  h, off;
 
-    hdr[0] = (u_char) (0x80 | opcode);
-
-    if (len < 126) {
-        hdr[1] = (u_char) (0x80 | len);
-        h = 2;
-
-    } else if (len <= 0xffff) {
-        hdr[1] = 0x80 | 126;
-        hdr[2] = (u_char) (len >> 8);
-        hdr[3] = (u_char) len;
-        h = 4;
-
-    } else {
-        hdr[1] = 0x80 | 127;
-
-        for (i = 0; i < 8; i++) {
-            hdr[2 + i] = (u_char) ((uint64_t) len >> (56 - 8 * i));
-        }
-
-        h = 10;
-    }
-
-    r = rnd();
-    memcpy(mask, &r, 4);
-    memcpy(hdr + h, mask, 4);
-    h += 4;
+    h = ws_frame_header(hdr, opcode, len, ws_rnd(&rng));
 
     buf_add(&c->out, hdr, h);
     off = c->out.len;
     buf_add(&c->out, payload, len);
-    p = c->out.p + off;
-
-    for (i = 0; i < len; i++) {
-        p[i] ^= mask[i & 3];
-    }
+    ws_mask(c->out.p + off, len, hdr + h - 4);
 }
 
 
@@ -600,18 +363,17 @@ room_name(unsigned room, char *name, size_t size)
 static void
 conn_start(conn_t *c)
 {
-    int                  fd, one, n;
-    u_char               raw[16];
-    uint32_t             r;
-    unsigned             i;
+    int                  fd, n;
     char                 req[2048], room[64], query[160];
     const char          *path, *hostport;
-    struct sockaddr_in   src, *dst;
+    struct sockaddr_in  *dst;
     struct epoll_event   ev;
 
     n_started++;
 
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    dst = c->http ? &opt.pub_addr : &opt.addr[c->url];
+
+    fd = ws_connect(dst, opt.src_ips, c->id);
 
     if (fd == -1) {
         conn_fail(c, strerror(errno));
@@ -619,39 +381,10 @@ conn_start(conn_t *c)
     }
 
     c->fd = fd;
-    one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int));
-
-    if (opt.src_ips > 0) {
-        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(int));
-        memset(&src, 0, sizeof(src));
-        src.sin_family = AF_INET;
-        src.sin_addr.s_addr = htonl(0x7f000002 + c->id % opt.src_ips);
-
-        if (bind(fd, (struct sockaddr *) &src, sizeof(src)) == -1) {
-            conn_fail(c, strerror(errno));
-            return;
-        }
-    }
-
-    dst = c->http ? &opt.pub_addr : &opt.addr[c->url];
-
-    if (connect(fd, (struct sockaddr *) dst, sizeof(*dst)) == -1
-        && errno != EINPROGRESS)
-    {
-        conn_fail(c, strerror(errno));
-        return;
-    }
-
     c->state = st_connecting;
 
     if (!c->http) {
-        for (i = 0; i < 16; i += 4) {
-            r = rnd();
-            memcpy(raw + i, &r, 4);
-        }
-
-        base64(raw, 16, c->key);
+        ws_key(c->key, &rng);
 
         path = opt.path[c->url];
         hostport = opt.hostport[c->url];
@@ -667,18 +400,9 @@ conn_start(conn_t *c)
                      strchr(path, '?') ? '&' : '?', room);
         }
 
-        n = snprintf(req, sizeof(req),
-                     "GET %s%s HTTP/1.1\r\n"
-                     "Host: %s\r\n"
-                     "Upgrade: websocket\r\n"
-                     "Connection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\n"
-                     "%s"
-                     "\r\n",
-                     path, query, hostport, c->key,
-                     opt.proto == P_COLLAB
-                     ? "Sec-WebSocket-Protocol: collab.v1\r\n" : "");
+        n = ws_request(req, sizeof(req), path, query, hostport, c->key,
+                       opt.proto == P_COLLAB
+                       ? "Sec-WebSocket-Protocol: collab.v1\r\n" : "");
 
         buf_add(&c->out, req, (size_t) n);
     }
@@ -767,55 +491,16 @@ conn_opened(conn_t *c)
 static int
 handshake(conn_t *c)
 {
-    char    *end, *h, *line, accept[40], buf[64];
-    u_char   md[20];
-    size_t   hlen;
-    int      ok;
+    ssize_t  hlen;
 
-    c->in.p[c->in.len] = '\0';
-    end = strstr((char *) c->in.p, "\r\n\r\n");
+    hlen = ws_reply(c->in.p, c->in.len, c->key);
 
-    if (end == NULL) {
-        return c->in.len > 8192 ? -1 : 0;
+    if (hlen <= 0) {
+        return (int) hlen;
     }
 
-    hlen = (size_t) (end + 4 - (char *) c->in.p);
-    *end = '\0';
-
-    if (strncmp((char *) c->in.p, "HTTP/1.1 101 ", 13) != 0) {
-        return -1;
-    }
-
-    snprintf(buf, sizeof(buf), "%s%s", c->key, WS_GUID);
-    sha1((u_char *) buf, strlen(buf), md);
-    base64(md, 20, accept);
-    ok = 0;
-
-    for (line = strstr((char *) c->in.p, "\r\n"); line; line = h) {
-        line += 2;
-        h = strstr(line, "\r\n");
-
-        if (h) {
-            *h = '\0';
-        }
-
-        if (strncasecmp(line, "Sec-WebSocket-Accept:", 21) == 0) {
-            line += 21;
-
-            while (*line == ' ') {
-                line++;
-            }
-
-            ok = strcmp(line, accept) == 0;
-        }
-    }
-
-    if (!ok) {
-        return -1;
-    }
-
-    memmove(c->in.p, c->in.p + hlen, c->in.len - hlen);
-    c->in.len -= hlen;
+    memmove(c->in.p, c->in.p + hlen, c->in.len - (size_t) hlen);
+    c->in.len -= (size_t) hlen;
     c->state = st_open;
     n_established++;
 
@@ -873,7 +558,7 @@ delivery(conn_t *c, const u_char *b, size_t len)
 
     c->last[slot] = (uint32_t) seq;
     n_recv_ok++;
-    now = now_us();
+    now = ws_now_us();
 
     if (now >= t_window_start && now < t_window_end) {
         n_step_recv++;
@@ -883,7 +568,7 @@ delivery(conn_t *c, const u_char *b, size_t len)
     for (slot = 0; slot < n_windows; slot++) {
         if (due >= win_start[slot] && due < win_end[slot]) {
             lat = now > due ? now - due : 0;
-            hists[slot][hist_index(lat)]++;
+            hists[slot][ws_hist_index(lat)]++;
             lat_counts[slot]++;
 
             if (lat > lat_maxs[slot]) {
@@ -1068,10 +753,11 @@ text_message(conn_t *c, const u_char *m, size_t len)
 static int
 frames(conn_t *c)
 {
-    u_char    *p, *payload;
-    size_t     avail, h, off;
-    uint64_t   len;
-    unsigned   op, fin, i;
+    u_char      *p, *payload;
+    size_t       avail, h, off;
+    uint64_t     len;
+    unsigned     op, fin;
+    ws_frame_t   f;
 
     off = 0;
 
@@ -1083,37 +769,19 @@ frames(conn_t *c)
             break;
         }
 
-        fin = p[0] & 0x80;
-        op = p[0] & 0x0f;
+        h = ws_frame_parse(p, avail, &f);
+        fin = f.fin;
+        op = f.opcode;
 
-        if (p[1] & 0x80) {
+        if (f.masked) {
             return -1;
         }
 
-        len = p[1] & 0x7f;
-        h = 2;
-
-        if (len == 126) {
-            if (avail < 4) {
-                break;
-            }
-
-            len = (uint64_t) p[2] << 8 | p[3];
-            h = 4;
-
-        } else if (len == 127) {
-            if (avail < 10) {
-                break;
-            }
-
-            len = 0;
-
-            for (i = 0; i < 8; i++) {
-                len = len << 8 | p[2 + i];
-            }
-
-            h = 10;
+        if (h == 0) {
+            break;
         }
+
+        len = f.len;
 
         if (avail < h + len) {
             break;
@@ -1511,14 +1179,14 @@ loop_once(int timeout_ms)
         die("epoll_wait: %s", strerror(errno));
     }
 
-    t0 = now_us();
+    t0 = ws_now_us();
 
     for (i = 0; i < n; i++) {
         conn_event(evs[i].data.ptr, evs[i].events);
     }
 
     /* how long this batch kept the loop from anything else */
-    t1 = now_us();
+    t1 = ws_now_us();
 
     if (n > 0) {
         lag_count++;
@@ -1548,7 +1216,7 @@ open_all(void)
     uint64_t  deadline;
 
     next = 0;
-    deadline = now_us() + (uint64_t) (opt.setup_timeout * 1e6);
+    deadline = ws_now_us() + (uint64_t) (opt.setup_timeout * 1e6);
 
     while (!stop) {
         live = 0;
@@ -1573,7 +1241,7 @@ open_all(void)
             return 0;
         }
 
-        if (n_conn_fail > 0 || now_us() > deadline) {
+        if (n_conn_fail > 0 || ws_now_us() > deadline) {
             return -1;
         }
 
@@ -1740,7 +1408,7 @@ run_steps(void)
     double    rate, c0, c1, w0, w1, secs, dps, best;
 
     k = 0;
-    t0 = now_us();
+    t0 = ws_now_us();
     t_step = t0;
     best = 0;
 
@@ -1760,7 +1428,7 @@ run_steps(void)
         measuring = 0;
 
         while (!stop) {
-            now = now_us();
+            now = ws_now_us();
 
             if (!measuring && now >= t_window_start) {
                 measuring = 1;
@@ -1789,7 +1457,7 @@ run_steps(void)
 
         c1 = server_cpu();
         w1 = self_cpu();
-        t_step = now_us();
+        t_step = ws_now_us();
 
         secs = opt.duration;
         dps = (double) n_step_recv / secs;
@@ -1818,9 +1486,9 @@ run_steps(void)
     }
 
     /* drain: until every confirmed message reached every subscriber */
-    dl = now_us() + (uint64_t) (opt.drain * 1e6);
+    dl = ws_now_us() + (uint64_t) (opt.drain * 1e6);
 
-    while (!stop && now_us() < dl) {
+    while (!stop && ws_now_us() < dl) {
         pending = 0;
 
         for (k = 0; k < n_ws; k++) {
@@ -2192,14 +1860,14 @@ main(int argc, char **argv)
     }
 
     {
-        uint64_t  t0 = now_us();
+        uint64_t  t0 = ws_now_us();
 
         rc = open_all();
 
         printf("setup %s: %u connections (%u subscribers), %u joined, "
                "%.1f s\n", rc == 0 ? "ok" : "FAILED", n_started,
                opt.rooms * opt.subs, n_joined,
-               (double) (now_us() - t0) / 1e6);
+               (double) (ws_now_us() - t0) / 1e6);
         fflush(stdout);
     }
 
@@ -2210,18 +1878,18 @@ main(int argc, char **argv)
     }
 
     /* a subscription may take effect a little after its reply */
-    dl = now_us() + 300000;
+    dl = ws_now_us() + 300000;
 
-    while (now_us() < dl) {
+    while (ws_now_us() < dl) {
         loop_once(5);
     }
 
     if (opt.idle > 0) {
         printf("ready %u\n", n_established);
         fflush(stdout);
-        dl = now_us() + (uint64_t) (opt.idle * 1e6);
+        dl = ws_now_us() + (uint64_t) (opt.idle * 1e6);
 
-        while (!stop && now_us() < dl) {
+        while (!stop && ws_now_us() < dl) {
             loop_once(20);
         }
 

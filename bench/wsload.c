@@ -10,7 +10,8 @@
  * One process, one epoll loop, non-blocking sockets, and its own client
  * side of RFC 6455 (handshake with a checked Sec-WebSocket-Accept, masked
  * frames, unmasked server frames, ping answered with pong, close
- * handshake), so that it measures nginx and not a library.
+ * handshake; bench/wsclient.c, shared with bench/fanload.c), so that it
+ * measures nginx and not a library.
  *
  *   wsload --mode echo --conns N --duration S --size B --url ws://H:P/path
  *       N connections each send a text message of B bytes, wait for the
@@ -67,23 +68,14 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include "wsclient.h"
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT  24
-#endif
-
-#define WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-#define HIST_SUB       64
-#define HIST_BUCKETS   (HIST_SUB * 40)
 
 /* chat: sends in flight per connection (the module allows 256) */
 #define CHAT_UNACKED   256
 #define CHAT_SLOTS     512
 #define CHAT_CODES     16
 
-
-typedef unsigned char  u_char;
 
 
 enum {
@@ -182,7 +174,7 @@ static unsigned   n_server_close, n_unclean;
 static uint64_t   n_roundtrips;
 static int        measuring;
 
-static uint64_t   hist[HIST_BUCKETS];
+static uint64_t   hist[WS_HIST_BUCKETS];
 static uint64_t   lat_max, lat_count;
 
 static unsigned   total_conns;
@@ -220,225 +212,9 @@ die(const char *fmt, ...)
 
 
 static uint64_t
-now_us(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
-
-static uint32_t
-rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
-
-
-/* SHA-1 (FIPS 180-4), for Sec-WebSocket-Accept only */
-
-#define ROL(x, n)  (((x) << (n)) | ((x) >> (32 - (n))))
-
-static void
-sha1(const u_char *data, size_t len, u_char out[20])
-{
-    u_char     block[64];
-    size_t     i, off, total;
-    uint32_t   h[5], w[80], a, b, c, d, e, f, k, t;
-    uint64_t   bits;
-
-    h[0] = 0x67452301;
-    h[1] = 0xefcdab89;
-    h[2] = 0x98badcfe;
-    h[3] = 0x10325476;
-    h[4] = 0xc3d2e1f0;
-
-    bits = (uint64_t) len * 8;
-    total = ((len + 8) / 64 + 1) * 64;
-
-    for (off = 0; off < total; off += 64) {
-
-        /* the block: message bytes, then 0x80, zeros, the bit length */
-        for (i = 0; i < 64; i++) {
-            if (off + i < len) {
-                block[i] = data[off + i];
-
-            } else if (off + i == len) {
-                block[i] = 0x80;
-
-            } else if (off + i >= total - 8) {
-                block[i] = (u_char) (bits >> (8 * (total - 1 - off - i)));
-
-            } else {
-                block[i] = 0;
-            }
-        }
-
-        for (i = 0; i < 16; i++) {
-            w[i] = (uint32_t) block[4 * i] << 24
-                   | (uint32_t) block[4 * i + 1] << 16
-                   | (uint32_t) block[4 * i + 2] << 8
-                   | block[4 * i + 3];
-        }
-
-        for (i = 16; i < 80; i++) {
-            t = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16];
-            w[i] = ROL(t, 1);
-        }
-
-        a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4];
-
-        for (i = 0; i < 80; i++) {
-            if (i < 20) {
-                f = (b & c) | (~b & d);
-                k = 0x5a827999;
-
-            } else if (i < 40) {
-                f = b ^ c ^ d;
-                k = 0x6ed9eba1;
-
-            } else if (i < 60) {
-                f = (b & c) | (b & d) | (c & d);
-                k = 0x8f1bbcdc;
-
-            } else {
-                f = b ^ c ^ d;
-                k = 0xca62c1d6;
-            }
-
-            t = ROL(a, 5) + f + e + k + w[i];
-            e = d;
-            d = c;
-            c = ROL(b, 30);
-            b = a;
-            a = t;
-        }
-
-        h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
-    }
-
-    for (i = 0; i < 20; i++) {
-        out[i] = (u_char) (h[i / 4] >> (24 - 8 * (i % 4)));
-    }
-}
-
-
-static void
-base64(const u_char *src, size_t len, char *dst)
-{
-    size_t       i;
-    uint32_t     v;
-    static const char  tab[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    for (i = 0; i + 2 < len; i += 3) {
-        v = (uint32_t) src[i] << 16 | (uint32_t) src[i + 1] << 8 | src[i + 2];
-        *dst++ = tab[v >> 18];
-        *dst++ = tab[(v >> 12) & 63];
-        *dst++ = tab[(v >> 6) & 63];
-        *dst++ = tab[v & 63];
-    }
-
-    if (len - i == 1) {
-        v = (uint32_t) src[i] << 16;
-        *dst++ = tab[v >> 18];
-        *dst++ = tab[(v >> 12) & 63];
-        *dst++ = '=';
-        *dst++ = '=';
-
-    } else if (len - i == 2) {
-        v = (uint32_t) src[i] << 16 | (uint32_t) src[i + 1] << 8;
-        *dst++ = tab[v >> 18];
-        *dst++ = tab[(v >> 12) & 63];
-        *dst++ = tab[(v >> 6) & 63];
-        *dst++ = '=';
-    }
-
-    *dst = '\0';
-}
-
-
-static void
-ws_accept(const char *key, char *accept)
-{
-    char    buf[64];
-    u_char  md[20];
-
-    snprintf(buf, sizeof(buf), "%s%s", key, WS_GUID);
-    sha1((u_char *) buf, strlen(buf), md);
-    base64(md, 20, accept);
-}
-
-
-/* latency histogram: 64 linear sub-buckets per power of two, in us */
-
-static unsigned
-hist_index(uint64_t v)
-{
-    unsigned  e;
-
-    if (v < HIST_SUB) {
-        return (unsigned) v;
-    }
-
-    e = 63 - (unsigned) __builtin_clzll(v) - 5;      /* v >> e in 64..127 */
-
-    if (e + 1 >= HIST_BUCKETS / HIST_SUB) {
-        return HIST_BUCKETS - 1;
-    }
-
-    return e * HIST_SUB + (unsigned) (v >> e);
-}
-
-
-static uint64_t
-hist_value(unsigned i)
-{
-    unsigned  e;
-
-    if (i < 2 * HIST_SUB) {
-        return i;
-    }
-
-    /* the upper end of the bucket */
-    e = i / HIST_SUB - 1;
-
-    return ((uint64_t) (i - e * HIST_SUB) << e) + ((uint64_t) 1 << e) - 1;
-}
-
-
-static uint64_t
 hist_percentile(double pct)
 {
-    unsigned  i;
-    uint64_t  want, seen;
-
-    if (lat_count == 0) {
-        return 0;
-    }
-
-    want = (uint64_t) (pct / 100.0 * (double) lat_count + 0.5);
-
-    if (want == 0) {
-        want = 1;
-    }
-
-    seen = 0;
-
-    for (i = 0; i < HIST_BUCKETS; i++) {
-        seen += hist[i];
-
-        if (seen >= want) {
-            return hist_value(i) < lat_max ? hist_value(i) : lat_max;
-        }
-    }
-
-    return lat_max;
+    return ws_hist_percentile(hist, lat_count, lat_max, pct);
 }
 
 
@@ -464,46 +240,18 @@ out_add(conn_t *c, const void *data, size_t len)
 static void
 send_frame(conn_t *c, unsigned opcode, const u_char *payload, size_t len)
 {
-    u_char    hdr[14], *p, mask[4];
-    size_t    i, h, off;
-    uint32_t  r;
+    u_char  hdr[WS_HEADER_MAX];
+    size_t  h, off;
 
-    hdr[0] = (u_char) (0x80 | opcode);
-
-    if (len < 126) {
-        hdr[1] = (u_char) (0x80 | len);
-        h = 2;
-
-    } else if (len <= 0xffff) {
-        hdr[1] = 0x80 | 126;
-        hdr[2] = (u_char) (len >> 8);
-        hdr[3] = (u_char) len;
-        h = 4;
-
-    } else {
-        hdr[1] = 0x80 | 127;
-
-        for (i = 0; i < 8; i++) {
-            hdr[2 + i] = (u_char) ((uint64_t) len >> (56 - 8 * i));
-        }
-
-        h = 10;
-    }
-
-    r = rnd();
-    memcpy(mask, &r, 4);
-    memcpy(hdr + h, mask, 4);
-    h += 4;
+    h = ws_frame_header(hdr, opcode, len, ws_rnd(&rng));
 
     out_add(c, hdr, h);
 
     off = c->out_len;
     out_add(c, payload, len);
-    p = c->out + off;       /* out_add() may have moved the buffer */
 
-    for (i = 0; i < len; i++) {
-        p[i] ^= mask[i & 3];
-    }
+    /* out_add() may have moved the buffer */
+    ws_mask(c->out + off, len, hdr + h - 4);
 }
 
 
@@ -537,7 +285,7 @@ send_message(conn_t *c)
     c->waiting = 1;
     c->got = 0;
     c->in_message = 0;
-    c->sent_at = now_us();
+    c->sent_at = ws_now_us();
 }
 
 
@@ -634,12 +382,8 @@ conn_flush(conn_t *c)
 static void
 conn_start(unsigned id)
 {
-    int                  fd, one;
+    int                  fd;
     conn_t              *c;
-    u_char               raw[16];
-    uint32_t             r;
-    unsigned             i;
-    struct sockaddr_in   src;
     struct epoll_event   ev;
 
     c = &conns[id];
@@ -664,7 +408,7 @@ conn_start(unsigned id)
     }
 
 
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = ws_connect(&opt.addr, opt.src_ips, id);
 
     if (fd == -1) {
         conn_fail(c, &n_connect_err, strerror(errno));
@@ -672,35 +416,8 @@ conn_start(unsigned id)
     }
 
     c->fd = fd;
-    one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int));
 
-    if (opt.src_ips > 0) {
-        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(int));
-
-        memset(&src, 0, sizeof(src));
-        src.sin_family = AF_INET;
-        src.sin_addr.s_addr = htonl(0x7f000002 + id % opt.src_ips);
-
-        if (bind(fd, (struct sockaddr *) &src, sizeof(src)) == -1) {
-            conn_fail(c, &n_connect_err, strerror(errno));
-            return;
-        }
-    }
-
-    if (connect(fd, (struct sockaddr *) &opt.addr, sizeof(opt.addr)) == -1
-        && errno != EINPROGRESS)
-    {
-        conn_fail(c, &n_connect_err, strerror(errno));
-        return;
-    }
-
-    for (i = 0; i < 16; i += 4) {
-        r = rnd();
-        memcpy(raw + i, &r, 4);
-    }
-
-    base64(raw, 16, c->key);
+    ws_key(c->key, &rng);
 
     c->state = st_connecting;
 
@@ -715,17 +432,9 @@ conn_start(unsigned id)
                      strchr(opt.path, '?') ? '&' : '?', opt.user_prefix, id);
         }
 
-        n = snprintf(req, sizeof(req),
-                     "GET %s%s HTTP/1.1\r\n"
-                     "Host: %s\r\n"
-                     "Upgrade: websocket\r\n"
-                     "Connection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\n"
-                     "%s"
-                     "\r\n",
-                     opt.path, user, opt.hostport, c->key,
-                     opt.chat ? "Sec-WebSocket-Protocol: collab.v1\r\n" : "");
+        n = ws_request(req, sizeof(req), opt.path, user, opt.hostport, c->key,
+                       opt.chat ? "Sec-WebSocket-Protocol: collab.v1\r\n"
+                                : "");
 
         out_add(c, req, (size_t) n);
     }
@@ -743,53 +452,16 @@ conn_start(unsigned id)
 static int
 handshake(conn_t *c)
 {
-    char    *end, *h, *line, accept[40];
-    size_t   hlen;
-    int      ok;
+    ssize_t  hlen;
 
-    c->in[c->in_len] = '\0';
+    hlen = ws_reply(c->in, c->in_len, c->key);
 
-    end = strstr((char *) c->in, "\r\n\r\n");
-
-    if (end == NULL) {
-        return c->in_len > 8192 ? -1 : 0;
+    if (hlen <= 0) {
+        return (int) hlen;
     }
 
-    hlen = (size_t) (end + 4 - (char *) c->in);
-    *end = '\0';
-
-    if (strncmp((char *) c->in, "HTTP/1.1 101 ", 13) != 0) {
-        return -1;
-    }
-
-    ws_accept(c->key, accept);
-    ok = 0;
-
-    for (line = strstr((char *) c->in, "\r\n"); line; line = h) {
-        line += 2;
-        h = strstr(line, "\r\n");
-
-        if (h) {
-            *h = '\0';
-        }
-
-        if (strncasecmp(line, "Sec-WebSocket-Accept:", 21) == 0) {
-            line += 21;
-
-            while (*line == ' ') {
-                line++;
-            }
-
-            ok = strcmp(line, accept) == 0;
-        }
-    }
-
-    if (!ok) {
-        return -1;
-    }
-
-    memmove(c->in, c->in + hlen, c->in_len - hlen);
-    c->in_len -= hlen;
+    memmove(c->in, c->in + hlen, c->in_len - (size_t) hlen);
+    c->in_len -= (size_t) hlen;
 
     c->state = st_open;
     n_established++;
@@ -1053,7 +725,7 @@ chat_ack(conn_t *c, const u_char *m, size_t len)
         return;
     }
 
-    now = now_us();
+    now = ws_now_us();
     n_acks++;
 
     if (now >= t_start && now <= t_end) {
@@ -1062,7 +734,7 @@ chat_ack(conn_t *c, const u_char *m, size_t len)
 
     if (at >= t_start) {
         lat = now > at ? now - at : 0;
-        hist[hist_index(lat)]++;
+        hist[ws_hist_index(lat)]++;
         lat_count++;
 
         if (lat > lat_max) {
@@ -1084,7 +756,7 @@ chat_ack(conn_t *c, const u_char *m, size_t len)
     session_ack(&sessions[c->session], seq);
 
     if (sending && opt.rate == 0) {
-        chat_send(c, now_us());
+        chat_send(c, ws_now_us());
     }
 }
 
@@ -1137,7 +809,7 @@ chat_error(conn_t *c, const u_char *m, size_t len)
     if (json_int(m, len, "ref", &ref) == 0 && chat_release(c, ref)
         && sending && opt.rate == 0)
     {
-        chat_send(c, now_us());
+        chat_send(c, ws_now_us());
     }
 }
 
@@ -1154,7 +826,7 @@ chat_event(conn_t *c, const u_char *m, size_t len)
     }
 
     n_events++;
-    now = now_us();
+    now = ws_now_us();
 
     if (now >= t_start && now <= t_end) {
         n_events_window++;
@@ -1277,47 +949,30 @@ chat_data(conn_t *c, unsigned op, unsigned fin, u_char *payload, size_t len)
 static int
 frames(conn_t *c)
 {
-    u_char    *p, *payload;
-    size_t     i, h, avail;
-    uint64_t   len, lat;
-    unsigned   op, fin;
+    u_char      *p, *payload;
+    size_t       i, h, avail;
+    uint64_t     len, lat;
+    unsigned     op, fin;
+    ws_frame_t   f;
 
     p = c->in;
     avail = c->in_len;
 
     while (avail >= 2) {
-        fin = p[0] & 0x80;
-        op = p[0] & 0x0f;
+        h = ws_frame_parse(p, avail, &f);
+        fin = f.fin;
+        op = f.opcode;
 
-        if (p[0] & 0x70 || p[1] & 0x80) {
+        if (f.rsv || f.masked) {
             conn_fail(c, &n_proto_err, "reserved bits or mask from server");
             return -1;
         }
 
-        len = p[1] & 0x7f;
-        h = 2;
-
-        if (len == 126) {
-            if (avail < 4) {
-                break;
-            }
-
-            len = (uint64_t) p[2] << 8 | p[3];
-            h = 4;
-
-        } else if (len == 127) {
-            if (avail < 10) {
-                break;
-            }
-
-            len = 0;
-
-            for (i = 0; i < 8; i++) {
-                len = len << 8 | p[2 + i];
-            }
-
-            h = 10;
+        if (h == 0) {
+            break;
         }
+
+        len = f.len;
 
         if (len > (1 << 26)) {
             conn_fail(c, &n_proto_err, "frame too big");
@@ -1371,11 +1026,11 @@ frames(conn_t *c)
 
                 c->waiting = 0;
                 c->seq++;
-                lat = now_us() - c->sent_at;
+                lat = ws_now_us() - c->sent_at;
 
                 if (measuring) {
                     n_roundtrips++;
-                    hist[hist_index(lat)]++;
+                    hist[ws_hist_index(lat)]++;
                     lat_count++;
 
                     if (lat > lat_max) {
@@ -1509,7 +1164,7 @@ loop(uint64_t until, int (*done)(void))
     struct epoll_event   evs[512];
 
     for ( ;; ) {
-        t = now_us();
+        t = ws_now_us();
 
         if (stop || t >= until || (done && done())) {
             return;
@@ -1620,9 +1275,9 @@ open_all(double timeout)
 {
     uint64_t  t0, t;
 
-    t0 = now_us();
+    t0 = ws_now_us();
     loop(t0 + (uint64_t) (timeout * 1e6), all_opened);
-    t = now_us();
+    t = ws_now_us();
 
     printf("established %u of %u connections in %.2f s", n_established,
            total_conns, (double) (t - t0) / 1e6);
@@ -1660,7 +1315,7 @@ close_all(void)
         }
     }
 
-    loop(now_us() + 5000000, all_closed);
+    loop(ws_now_us() + 5000000, all_closed);
 
     for (i = 0; i < next_conn; i++) {
         if (conns[i].state != st_done) {
@@ -1782,7 +1437,7 @@ rate_tick(void)
         return;
     }
 
-    due = (uint64_t) ((double) (now_us() - t_send) * opt.rate / 1e6) + 1;
+    due = (uint64_t) ((double) (ws_now_us() - t_send) * opt.rate / 1e6) + 1;
 
     while (n_scheduled < due) {
         at = t_send + (uint64_t) ((double) n_scheduled * 1e6 / opt.rate);
@@ -1887,7 +1542,7 @@ chat_run(void)
         flush_or_fail(c);
     }
 
-    loop(now_us() + 30000000, chat_created_all);
+    loop(ws_now_us() + 30000000, chat_created_all);
 
     if (n_created < opt.sessions) {
         printf("created %u of %u sessions\n", n_created, opt.sessions);
@@ -1908,7 +1563,7 @@ chat_run(void)
         flush_or_fail(c);
     }
 
-    loop(now_us() + 60000000, chat_joined_all);
+    loop(ws_now_us() + 60000000, chat_joined_all);
 
     printf("sessions          %u created, %u connections joined "
            "(%u senders, %u subscribers)\n", n_created, n_joined,
@@ -1923,7 +1578,7 @@ chat_run(void)
 
     /* send */
     sending = 1;
-    t_send = now_us();
+    t_send = ws_now_us();
     t_start = t_send + (uint64_t) (opt.warmup * 1e6);
     t_end = t_start + (uint64_t) (opt.duration * 1e6);
 
@@ -1950,7 +1605,7 @@ chat_run(void)
     tick = NULL;
     secs = (double) (t_end - t_start) / 1e6;
 
-    loop(now_us() + (uint64_t) (opt.drain * 1e6), chat_drained);
+    loop(ws_now_us() + (uint64_t) (opt.drain * 1e6), chat_drained);
 
     unacked = 0;
 
@@ -2175,13 +1830,13 @@ main(int argc, char **argv)
         die("cannot allocate %u connections", total_conns);
     }
 
-    rng ^= (uint32_t) getpid() ^ (uint32_t) now_us();
+    rng ^= (uint32_t) getpid() ^ (uint32_t) ws_now_us();
 
     if (opt.chat) {
         static char  prefix[32];
 
         if (opt.user_prefix == NULL) {
-            snprintf(prefix, sizeof(prefix), "wsload-%08x-", rnd());
+            snprintf(prefix, sizeof(prefix), "wsload-%08x-", ws_rnd(&rng));
             opt.user_prefix = prefix;
         }
 
@@ -2211,13 +1866,13 @@ main(int argc, char **argv)
                opt.hold);
         fflush(stdout);
 
-        loop(now_us() + (uint64_t) (opt.hold * 1e6), NULL);
+        loop(ws_now_us() + (uint64_t) (opt.hold * 1e6), NULL);
 
         printf("still open after the hold: %u\n", n_established);
 
     } else {
         measuring = 1;
-        t0 = now_us();
+        t0 = ws_now_us();
 
         for (i = 0; i < opt.conns; i++) {
             if (conns[i].state == st_open) {
@@ -2232,7 +1887,7 @@ main(int argc, char **argv)
         loop(t0 + (uint64_t) (opt.duration * 1e6), NULL);
 
         measuring = 0;
-        t1 = now_us();
+        t1 = ws_now_us();
         secs = (double) (t1 - t0) / 1e6;
 
         printf("connections       %u\n", opt.conns);
