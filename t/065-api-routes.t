@@ -29,209 +29,15 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::HiRes qw(time sleep);
-use Mojo::JSON qw(decode_json encode_json);
-use Mojo::UserAgent;
 use IO::Select;
 use IO::Socket::INET;
 use Mojo::Util qw(url_escape);
 use Collab::Test;
+use Collab::Chat;
+use Collab::Api qw(brief db_snapshot);
 
 binmode(Test::More->builder->$_, ':encoding(UTF-8)')
     for qw(output failure_output todo_output);
-
-{
-# --- a collab.v1 client on the harness's raw WebSocket ----------------------
-#
-# (The client of t/030-chat-basic.t, copied; it belongs in t/lib
-# once more tests need it.)  Frames from the server are parsed as they
-# arrive into an inbox of decoded JSON messages; take() removes the first
-# one a predicate accepts, waiting for more if needed, so replies and
-# events may arrive in any interleaving without being lost.
-
-package Chat;
-
-use strict;
-use warnings;
-
-use Carp qw(croak);
-use IO::Select;
-use Mojo::JSON qw(decode_json encode_json);
-use Time::HiRes qw(time);
-
-my $NREF = 0;
-
-# Chat->open($t, user => 'u1', name => 'Ann', port => ..., path => '/chat')
-sub open {
-    my ($class, $t, %o) = @_;
-    my %h = ('Sec-WebSocket-Protocol' => 'collab.v1');
-    $h{'X-User-Id'} = $o{user} if defined $o{user};
-    $h{'X-User-Name'} = $o{name} if defined $o{name};
-    $h{-port} = $o{port} if defined $o{port};
-    my $s = $t->ws_raw($o{path} // '/chat', %h);
-    my $self = bless { t => $t, s => $s, inbox => [], user => $o{user},
-                       frag => undef }, $class;
-    $self->_parse;
-    return $self;
-}
-
-sub user { $_[0]{user} }
-
-sub close {
-    my ($self) = @_;
-    CORE::close($self->{s}) if $self->{s};
-    $self->{eof} = 1;
-}
-
-sub send_text {
-    my ($self, $text, %frame) = @_;
-    return $self->{t}->ws_send($self->{s}, opcode => 1, payload => $text,
-                               %frame);
-}
-
-sub send {
-    my ($self, $req) = @_;
-    return $self->send_text(encode_json($req));
-}
-
-# parses every complete frame in the socket's buffer into the inbox
-sub _parse {
-    my ($self) = @_;
-    my $s = $self->{s};
-    my $buf = \${*$s}{collab_buf};
-    while (1) {
-        my $have = length $$buf;
-        last if $have < 2;
-        my ($b0, $b1) = unpack 'CC', $$buf;
-        my $len = $b1 & 0x7f;
-        my $off = 2;
-        if ($len == 126) {
-            last if $have < 4;
-            $len = unpack 'n', substr($$buf, 2, 2);
-            $off = 4;
-        } elsif ($len == 127) {
-            last if $have < 10;
-            $len = unpack 'Q>', substr($$buf, 2, 8);
-            $off = 10;
-        }
-        $self->{masked}++ if $b1 & 0x80;       # a server must not mask
-        $off += 4 if $b1 & 0x80;
-        last if $have < $off + $len;
-        my $payload = substr($$buf, $off, $len);
-        substr($$buf, 0, $off + $len, '');
-
-        my ($fin, $op) = ($b0 & 0x80, $b0 & 0x0f);
-        if ($op == 9) {
-            $self->{t}->ws_send($s, opcode => 10, payload => $payload);
-            next;
-        }
-        next if $op == 10;
-        if ($op == 8) {
-            $self->{close_code} = length $payload >= 2
-                ? unpack('n', $payload) : 0;
-            next;
-        }
-        if ($op == 0) {
-            $self->{frag} .= $payload;
-            next unless $fin;
-            $payload = delete $self->{frag};
-            $op = 1;
-        } elsif (!$fin) {
-            $self->{frag} = $payload;
-            next;
-        }
-        if ($op != 1) {
-            push @{ $self->{inbox} }, { op => "(opcode $op)" };
-            next;
-        }
-        my $msg = eval { decode_json($payload) }
-            // { op => '(not JSON)', raw => $payload };
-        $msg->{_raw} = $payload if $self->{keep_raw};
-        push @{ $self->{inbox} }, $msg;
-    }
-}
-
-# reads what the socket has (it was reported readable); false on EOF
-sub _read {
-    my ($self) = @_;
-    my $n = sysread($self->{s}, my $chunk, 1 << 18);
-    if (!defined $n) {
-        return 1 if $!{EINTR} || $!{EAGAIN};
-        $self->{eof} = 1;
-        return 0;
-    }
-    if ($n == 0) {
-        $self->{eof} = 1;
-        return 0;
-    }
-    ${*{ $self->{s} }}{collab_buf} .= $chunk;
-    $self->_parse;
-    return 1;
-}
-
-# Chat::pump($timeout, @clients): waits up to $timeout for any of them to
-# be readable and reads all that are; returns how many were
-sub pump {
-    my ($timeout, @c) = @_;
-    @c = grep { !$_->{eof} } @c;
-    return 0 unless @c;
-    my %by = map { fileno($_->{s}) => $_ } @c;
-    my @r = IO::Select->new(map { $_->{s} } @c)->can_read($timeout);
-    $by{ fileno $_ }->_read for @r;
-    return scalar @r;
-}
-
-# the first message the predicate ($_) accepts, removed from the inbox;
-# undef after $timeout seconds or at EOF
-sub take {
-    my ($self, $pred, $timeout) = @_;
-    my $end = time + ($timeout // 10);
-    while (1) {
-        my $in = $self->{inbox};
-        for my $i (0 .. $#$in) {
-            local $_ = $in->[$i];
-            return splice(@$in, $i, 1) if $pred->();
-        }
-        return undef if $self->{eof} || time >= $end;
-        pump($end - time, $self);
-    }
-}
-
-# sends the request with a fresh "ref" (unless it has one) and returns
-# the reply carrying that ref
-sub req {
-    my ($self, %r) = @_;
-    my $timeout = delete $r{-timeout} // 15;
-    $r{ref} //= 'r' . ++$NREF;
-    my $ref = $r{ref};
-    $self->send(\%r);
-    return $self->take(sub { defined $_->{ref} && $_->{ref} eq $ref },
-                       $timeout)
-        // { op => '(no reply)', ref => $ref };
-}
-
-# the next $n "message" events in arrival order (fewer on timeout)
-sub events {
-    my ($self, $n, $timeout) = @_;
-    my $end = time + ($timeout // 15);
-    my @ev;
-    while (@ev < $n) {
-        my $e = $self->take(sub { $_->{op} eq 'message' }, $end - time)
-            // last;
-        push @ev, $e;
-    }
-    return @ev;
-}
-
-# every message event that arrives within $wait seconds
-sub drain_events {
-    my ($self, $wait) = @_;
-    my @ev;
-    while (my $e = $self->take(sub { $_->{op} eq 'message' }, $wait)) {
-        push @ev, $e;
-    }
-    return @ev;
-}
-}
 
 my $t = Collab::Test->new;
 $t->start_pg;
@@ -286,74 +92,19 @@ my $ISO = qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 
 # --- the HTTP client --------------------------------------------------------
 
-# a new connection per request (max_connections 0): a request the module
-# never finalizes cannot take the next one with it; keep-alive is checked
-# on its own below
-my $ua = Mojo::UserAgent->new(inactivity_timeout => 15,
-                              request_timeout => 20, max_connections => 0);
+my $API = Collab::Api->new($t);
 
 # api($user, $method, $path, %o): one request to /collab/api$path as $user
-# (undef: no X-User-Id).  %o: json => data (sent as application/json),
-# raw => bytes, type => Content-Type, name => X-User-Name, port =>,
-# prefix => (default /collab/api), headers => {...}.  Returns
-# {status, json (decoded body or undef), body (bytes), type}.
-sub api {
-    my ($user, $method, $path, %o) = @_;
-    my %h = %{ $o{headers} // {} };
-    if (defined $user) {
-        utf8::encode($user) if utf8::is_utf8($user);
-        $h{'X-User-Id'} = $user;
-    }
-    if (defined $o{name}) {
-        my $n = $o{name};
-        utf8::encode($n) if utf8::is_utf8($n);
-        $h{'X-User-Name'} = $n;
-    }
-    my @body;
-    if (exists $o{json}) {
-        @body = (encode_json($o{json}));
-        $h{'Content-Type'} = 'application/json';
-    } elsif (exists $o{raw}) {
-        @body = ($o{raw});
-    }
-    $h{'Content-Type'} = $o{type} if exists $o{type};
-    delete $h{'Content-Type'} unless defined $h{'Content-Type'};
-    my $url = $t->url(($o{prefix} // '/collab/api') . $path, $o{port});
-    my $tx = $ua->build_tx($method => $url => \%h => @body);
-    $tx = $ua->start($tx);
-    my $res = $tx->res;
-    my $json = eval { decode_json($res->body) };
-    return { status => $res->code // 0, json => $json, body => $res->body,
-             type => $res->headers->content_type // '',
-             error => $tx->error };
-}
-
-# a response for diagnostics: status and the start of the body
-sub brief {
-    my ($r) = @_;
-    my $b = $r->{body} // '';
-    $b = substr($b, 0, 300) . '...' if length $b > 300;
-    return "status $r->{status}, body: $b";
-}
+# (undef: no X-User-Id), on a new connection (a request the module never
+# finalizes cannot take the next one with it; keep-alive is checked on its
+# own below).  %o: json => data (sent as application/json), raw => bytes,
+# type => Content-Type, name => X-User-Name, port =>, prefix => (default
+# /collab/api), headers => {...}.  Returns {status, json (decoded body or
+# undef), body (bytes), type}.
+sub api { $API->call(@_) }
 
 # every row of every table the module writes
-my @TABLES = (
-    users             => 'id',
-    chat_sessions     => 'id',
-    chat_participants => 'session_id, user_id',
-    chat_invitations  => 'id',
-    chat_messages     => 'session_id, seq',
-);
-
-sub snapshot {
-    my %s;
-    my @tb = @TABLES;
-    while (my ($table, $order) = splice @tb, 0, 2) {
-        $s{$table} = $dbh->selectall_arrayref(
-            "SELECT * FROM $table ORDER BY $order", { Slice => {} });
-    }
-    return \%s;
-}
+sub snapshot { db_snapshot($dbh) }
 
 # answered($r, $status, $code, $why): an error reply with that status and
 # code, as JSON, with a message and no "ref"
@@ -482,7 +233,7 @@ refused(404, 'NOT_FOUND', 'PATCH of an unknown session', 'ann',
 
 # --- messages: post, read, page ---------------------------------------------
 
-my $ws = Chat->open($t, user => 'ann', name => 'Ann');
+my $ws = Collab::Chat->open($t, user => 'ann', name => 'Ann');
 $r = $ws->req(op => 'join', session => $plan);
 is($r->{op}, 'joined', 'ann joins over the WebSocket') or diag(explain($r));
 
@@ -591,7 +342,7 @@ is_deeply([map { [@$_{qw(user userName status)}] } @{ $j->{presence} // [] }],
 
 # --- invitations over HTTP: invite -> accept -> send ------------------------
 
-my $bobws = Chat->open($t, user => 'bob', name => 'Bob');
+my $bobws = Collab::Chat->open($t, user => 'bob', name => 'Bob');
 is($bobws->req(op => 'invitations')->{op}, 'invitations', 'bob connects');
 
 $r = api('ann', POST => "/sessions/$plan/invitations",

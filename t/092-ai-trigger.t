@@ -31,91 +31,7 @@ use Mojo::JSON qw(decode_json);
 use Collab::Test;
 use Collab::Chat;
 use Collab::MockAI;
-
-# --- shared by the t/09x-ai-*.t files ---------------------------------------
-
-my $KEY = 'sk-mock-' . join('', map { sprintf '%02x', int rand 256 } 1 .. 16);
-
-sub write_key {
-    my ($t) = @_;
-    open my $fh, '>', $t->dir . '/ai.key' or die $!;
-    print $fh "$KEY\n";
-    close $fh;
-}
-
-sub ai_conf {
-    my ($mock, %o) = @_;
-    my $extra = $o{extra} // '';
-    my $endpoint = $o{endpoint} // $mock->endpoint;
-    return <<"CONF";
-    collab_postgres "%%PG_DSN%%" pool=2 timeout=10s;
-    collab_batch_window 2ms;
-    collab_ai_endpoint   $endpoint;
-    collab_ai_key_file   %%TESTDIR%%/ai.key;
-    collab_ai_model      mock/model-1;
-    collab_ai_timeout    $o{timeout};
-    collab_ai_max_tokens 300;
-    collab_ai_context    5;
-$extra
-    server {
-        listen 127.0.0.1:%%PORT$o{port}%%;
-
-        location /chat {
-            collab_websocket;
-            collab_user \$http_x_user_id;
-            collab_user_name \$http_x_user_name;
-        }
-    }
-CONF
-}
-
-# the ai_delta events of the reply to $reply_to, in arrival order, and the
-# event that ended it: the "message" of kind ai, or an ai_error
-sub ai_reply {
-    my ($c, $reply_to, $timeout) = @_;
-    my (@d, $final);
-    my $end = time + ($timeout // 15);
-    while (time < $end) {
-        my $e = $c->take(sub {
-            my $r = $_->{op} eq 'message'
-                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
-                  ? $_->{metadata}{replyTo} : undef
-                : $_->{op} =~ /^ai_(?:delta|error)$/ ? $_->{replyTo}
-                : undef;
-            defined $r && $r == $reply_to;
-        }, $end - time) or last;
-        if ($e->{op} eq 'ai_delta') {
-            push @d, $e;
-            next;
-        }
-        $final = $e;
-        last;
-    }
-    return (\@d, $final // { op => '(nothing)' });
-}
-
-sub texts { join '', map { $_->{text} } @{ $_[0] } }
-
-# the user's message; returns its seq (or dies: nothing else makes sense)
-sub say_ {
-    my ($c, $slug, $body) = @_;
-    my $r = $c->req(op => 'send', session => $slug, body => $body,
-                    clientMsgId => 'm' . int(rand 1e9));
-    $r->{op} eq 'ack' or die "send '$body': " . explain($r);
-    return $r->{seq};
-}
-
-sub no_key_anywhere {
-    my ($t, @clients) = @_;
-    my $log = $t->error_log;
-    ok(index($log, $KEY) < 0, 'the key is not in error.log');
-    my $frames = join '', map { $_->{raw_log} // '' } @clients;
-    ok(length $frames, 'frames were received');
-    ok(index($frames, $KEY) < 0, 'nor in any frame a client received');
-    my $k = substr $KEY, 8, 12;
-    ok(index($log, $k) < 0 && index($frames, $k) < 0,
-       'not even a part of it');
-}
+use Collab::AITest qw(:DEFAULT open_session reply_to_of);
 
 my $t = Collab::Test->new;
 $t->start_pg;
@@ -142,16 +58,9 @@ X
 
 my $dbh = $t->pg_dbh;
 
-sub session_for {
-    my (@c) = @_;
-    my $r = $c[0]->req(op => 'create', title => 'trigger', isPublic => \1);
-    my $slug = $r->{session}{id} // die explain($r);
-    $_->req(op => 'join', session => $slug)->{op} eq 'joined'
-        or die 'join' for @c;
-    my $sid = $dbh->selectrow_array(
-        'SELECT id FROM chat_sessions WHERE slug = ?', undef, $slug);
-    return ($slug, $sid);
-}
+# a public session created by the first client and joined by all:
+# ($slug, $sid)
+sub session_for { open_session($dbh, 'trigger', @_) }
 
 sub ai_replies {
     my ($sid) = @_;
@@ -163,17 +72,7 @@ sub ai_replies {
 sub nreq { scalar(() = $mock->requests) }
 
 # the first ai event the client gets (any replyTo)
-sub first_ai {
-    my ($c) = @_;
-    return $c->take(sub { $_->{op} =~ /^ai_/
-                          || $_->{op} eq 'message' && $_->{kind} eq 'ai' },
-                    15) // { op => '(nothing)' };
-}
-
-sub reply_to_of {
-    my ($e) = @_;
-    return $e->{op} eq 'message' ? $e->{metadata}{replyTo} : $e->{replyTo};
-}
+sub first_ai { Collab::AITest::first_ai($_[0]) // { op => '(nothing)' } }
 
 
 # --- mention ------------------------------------------------------------------

@@ -36,64 +36,10 @@ use Mojo::JSON qw(decode_json);
 use Collab::Test;
 use Collab::Chat;
 use Collab::MockAI;
+use Collab::AITest qw(write_key ai_reply say_ first_ai reply_to_of);
 
 
 # --- the assistant's replies ------------------------------------------------
-
-sub write_key {
-    my ($t) = @_;
-    open my $fh, '>', $t->dir . '/ai.key' or die $!;
-    print $fh "sk-mock-093\n";
-    close $fh;
-}
-
-# the ai_delta events of the reply to $reply_to and the event that ended
-# it: the "message" of kind ai, or an ai_error
-sub ai_reply {
-    my ($c, $reply_to, $timeout) = @_;
-    my (@d, $final);
-    my $end = time + ($timeout // 15);
-    while (time < $end) {
-        my $e = $c->take(sub {
-            my $r = $_->{op} eq 'message'
-                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
-                  ? $_->{metadata}{replyTo} : undef
-                : $_->{op} =~ /^ai_(?:delta|error)$/ ? $_->{replyTo}
-                : undef;
-            defined $r && $r == $reply_to;
-        }, $end - time) or last;
-        if ($e->{op} eq 'ai_delta') {
-            push @d, $e;
-            next;
-        }
-        $final = $e;
-        last;
-    }
-    return (\@d, $final // { op => '(nothing)' });
-}
-
-# the first ai event the client gets (any replyTo), undef after $wait
-sub first_ai {
-    my ($c, $wait) = @_;
-    return $c->take(sub { $_->{op} =~ /^ai_/
-                          || $_->{op} eq 'message' && $_->{kind} eq 'ai' },
-                    $wait // 15);
-}
-
-sub reply_to_of {
-    my ($e) = @_;
-    return '(none)' unless $e;
-    return $e->{op} eq 'message' ? $e->{metadata}{replyTo} : $e->{replyTo};
-}
-
-# the user's message; returns its seq
-sub say_ {
-    my ($c, $slug, $body) = @_;
-    my $r = $c->req(op => 'send', session => $slug, body => $body,
-                    clientMsgId => 'm' . int(rand 1e9));
-    $r->{op} eq 'ack' or die "send '$body': " . explain($r);
-    return $r->{seq};
-}
 
 sub outcome {
     my ($f) = @_;
@@ -106,7 +52,7 @@ sub outcome {
 my $t = Collab::Test->new;
 $t->start_pg;
 $t->start_redis;
-write_key($t);
+write_key($t, 'sk-mock-093');
 
 my $mock = Collab::MockAI->start(dir => $t->dir);
 my $endpoint = $mock->endpoint;

@@ -33,20 +33,13 @@ use Mojo::JSON qw(decode_json);
 use Collab::Test;
 use Collab::Chat;
 use Collab::MockAI;
+use Collab::AITest qw(write_key say_);
 
 
 # --- helpers ---------------------------------------------------------------
 
 my $KEY = 'sk-mock-094-'
     . join('', map { sprintf '%02x', int rand 256 } 1 .. 8);
-
-sub say_ {
-    my ($c, $slug, $body) = @_;
-    my $r = $c->req(op => 'send', session => $slug, body => $body,
-                    clientMsgId => 'm' . int(rand 1e9));
-    $r->{op} eq 'ack' or die "send '$body': " . explain($r);
-    return $r->{seq};
-}
 
 # the events of the assistant about $reply_to, in arrival order, up to
 # the one that ends it (the ai message or an ai_error)
@@ -78,9 +71,7 @@ sub ops { join ' ', map { $_->{op} eq 'ai_error' ? "ai_error:$_->{code}"
 my $t = Collab::Test->new;
 $t->start_pg;
 
-open my $fh, '>', $t->dir . '/ai.key' or die $!;
-print $fh "$KEY\n";
-close $fh;
+write_key($t, $KEY);
 
 my $mock = Collab::MockAI->start(dir => $t->dir);
 my $endpoint = $mock->endpoint;
