@@ -87,6 +87,7 @@ typedef struct {
     const char                 *name;
     unsigned                    subscriber:1;
     unsigned                    connected:1;
+    unsigned                    writing:1;     /* in redisAsyncHandleWrite */
 } ngx_collab_redis_link_t;
 
 
@@ -632,7 +633,9 @@ ngx_collab_redis_handler(ngx_event_t *ev)
     /* either may free the context, and the connection with it */
 
     if (ev->write) {
+        link->writing = 1;
         redisAsyncHandleWrite(link->ac);
+        link->writing = 0;
 
     } else {
         redisAsyncHandleRead(link->ac);
@@ -699,17 +702,46 @@ ngx_collab_redis_del_read(void *data)
 }
 
 
+/*
+ * A connected link's commands are written once the handlers of this turn
+ * of the event loop are done, together: one write(2) and no epoll_ctl(2)
+ * for a burst of publishes.  Only what the socket did not take, and the
+ * connect, wait for the socket to be writable.
+ */
+
 static void
 ngx_collab_redis_add_write(void *data)
 {
-    (void) ngx_collab_redis_event(data, 1, 1);
+    ngx_collab_redis_link_t  *link;
+
+    link = data;
+
+    if (link->connected && !link->writing && link->c
+        && !link->c->write->active)
+    {
+        if (!link->c->write->posted) {
+            ngx_post_event(link->c->write, &ngx_posted_events);
+        }
+
+        return;
+    }
+
+    (void) ngx_collab_redis_event(link, 1, 1);
 }
 
 
 static void
 ngx_collab_redis_del_write(void *data)
 {
-    (void) ngx_collab_redis_event(data, 1, 0);
+    ngx_collab_redis_link_t  *link;
+
+    link = data;
+
+    if (link->c && link->c->write->posted) {
+        ngx_delete_posted_event(link->c->write);
+    }
+
+    (void) ngx_collab_redis_event(link, 1, 0);
 }
 
 
