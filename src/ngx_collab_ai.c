@@ -1278,7 +1278,15 @@ ngx_collab_ai_timer(CURLM *multi, long timeout_ms, void *userp)
         return 0;
     }
 
-    /* never call libcurl back from its own callback: one loop later */
+    /*
+     * never call libcurl back from its own callback: one loop later;
+     * the exact time, not ngx_add_timer()'s lazy one: a new transfer
+     * asks for 0 ms
+     */
+
+    if (ngx_collab_ai_timer_ev.timer_set) {
+        ngx_del_timer(&ngx_collab_ai_timer_ev);
+    }
 
     ngx_add_timer(&ngx_collab_ai_timer_ev, (ngx_msec_t) timeout_ms);
 
