@@ -491,11 +491,11 @@ ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
 
     link = ac->data;
 
-    if (link->timer.timer_set) {
-        ngx_del_timer(&link->timer);
-    }
-
     if (status != REDIS_OK) {
+
+        if (link->timer.timer_set) {
+            ngx_del_timer(&link->timer);
+        }
 
         /* hiredis frees the context after this callback */
 
@@ -510,7 +510,11 @@ ngx_collab_redis_on_connect(const redisAsyncContext *ac, int status)
         return;
     }
 
-    /* the rest waits for the answer to PING: ngx_collab_redis_ready() */
+    /*
+     * the rest waits for the answer to PING, ngx_collab_redis_ready(),
+     * under the same timer: a server that accepts and never answers is
+     * let go of and retried like one that refuses
+     */
 }
 
 
@@ -542,6 +546,10 @@ ngx_collab_redis_ready(redisAsyncContext *ac, void *r, void *data)
 
     reply = r;
     link = ac->data;
+
+    if (link && link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
 
     if (link == NULL || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
 

@@ -13,7 +13,8 @@
 # (CLIENT LIST), each worker subscribes, and a message crosses workers.
 # With a wrong password the error.log must say that Redis refused it
 # (otherwise the relay is silently dead), and the workers must back off
-# rather than reconnect in a tight loop.
+# rather than reconnect in a tight loop.  A server that accepts the
+# connection and never answers PING is given up on after 3 s and retried.
 
 use strict;
 use warnings;
@@ -241,5 +242,38 @@ for my $pid ($t->nginx_worker_pids('wrong')) {
 $t->stop_nginx(name => 'wrong');
 
 authed('CONFIG', 'SET', 'requirepass', '');
+
+# a "Redis" that takes the connection (the kernel completes it from the
+# listen backlog) and never answers: each worker gives up after 3 s,
+# says so and tries again, and chat within a worker goes on meanwhile
+my $mute = IO::Socket::INET->new(Listen => 16, LocalAddr => '127.0.0.1',
+                                 LocalPort => 0, Proto => 'tcp',
+                                 ReuseAddr => 1) or die "listen: $!";
+my $mport = $mute->sockport;
+$t->start_nginx(conf($chat, "collab_redis 127.0.0.1:$mport;", $t->port(10)),
+                name => 'mute', worker_processes => 2);
+{
+    my $c = Collab::Chat->open($t, port => $t->port(10), user => 'mute1');
+    my $slug = $c->req(op => 'create', title => 'mute',
+                       isPublic => \1)->{session}{id};
+    is($c->req(op => 'join', session => $slug)->{op}, 'joined',
+       'a mute Redis: a connection joins a session');
+    is($c->req(op => 'send', session => $slug, body => 'still here',
+               clientMsgId => 'm1')->{op}, 'ack',
+       'a mute Redis: a message is stored and acknowledged');
+    $c->close;
+}
+my $end = time + 10;
+my $timeouts = 0;
+while (time < $end) {
+    $timeouts = () = $t->error_log('mute')
+                     =~ /collab: redis \w+: connect timed out/g;
+    last if $timeouts >= 4;
+    sleep 0.1;
+}
+ok($timeouts >= 4, 'a mute Redis: every link of both workers times out'
+   . " ($timeouts)") or diag($t->error_log('mute'));
+$t->stop_nginx(name => 'mute');
+close $mute;
 
 done_testing();
