@@ -14,7 +14,7 @@
 # Started here, all on 127.0.0.1 and stopped on exit (also on failure or
 # ^C): a PostgreSQL of its own (initdb in a temp dir, run as user
 # postgres when root, sql/migrate applied); the mock provider
-# bench/aimock.pl (Mojolicious: each reply CHUNKS content deltas
+# bench/aimock (C, one epoll loop: each reply CHUNKS content deltas
 # INTERVAL ms apart, 40 x 50 ms = 2 s by default, any number at once);
 # one nginx (the distro /usr/sbin/nginx loading
 # build/ngx_collab_module.so, WORKERS workers, "listen ... reuseport" so
@@ -22,7 +22,7 @@
 # unless REDIS=0) with collab_ai_* pointing at the mock,
 # collab_ai_concurrency 64 per worker and collab_rate_ai out of the way.
 #
-# In phase B bench/aidrive.pl holds STREAMS connections, each in a session
+# In phase B bench/aidrive (C) holds STREAMS connections, each in a session
 # of its own, and asks "@ai ..." again as soon as the previous reply's
 # final message arrives: about STREAMS replies are in flight all the
 # time.  The first questions are spread over SPREAD s (by default one
@@ -41,9 +41,11 @@
 #
 # The mock and the driver stand for machines elsewhere (the provider, 50
 # remote clients) but share this one's cores with nginx, PostgreSQL and
-# wsload; they run at "nice AI_NICE" (19) so that their own CPU time
-# (Perl: about a fifth of a core) delays nginx as little as it can.
-# AI_NICE=0 measures them at the same priority as the rest.
+# wsload; so they are in C (together about 0.3 CPU s per 10 s run; the
+# Perl versions used 5 CPU s per 20 s run, more than nginx's own extra
+# cost) and run at "nice AI_NICE" (19) so that their own CPU time delays
+# nginx as little as it can.  AI_NICE=0 measures them at the same
+# priority as the rest.
 #
 # Prints one line per run, then a markdown table: p50/p99/max per phase
 # and round, the medians and the p99 difference.  Exit status 1 when a
@@ -88,11 +90,7 @@ fi
 
 MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
 
-perl -MMojolicious -e 1 2>/dev/null \
-    || { echo "ai.sh: needs Perl Mojolicious (libmojolicious-perl)" >&2;
-         exit 2; }
-
-make -s -C "$here" wsload
+make -s -C "$here" wsload aimock aidrive
 wsload=$here/wsload
 
 tmp=$(mktemp -d /tmp/collab-ai.XXXXXX)
@@ -227,7 +225,7 @@ fi
 # --- the mock provider ---------------------------------------------------
 
 mock_port=$(free_port)
-nice -n "$AI_NICE" perl "$here/aimock.pl" "$mock_port" "$CHUNKS" "$INTERVAL" \
+nice -n "$AI_NICE" "$here/aimock" "$mock_port" "$CHUNKS" "$INTERVAL" \
     > "$tmp/mock.log" 2>&1 &
 mock_pid=$!
 wait_for "$tmp/mock.log" '^listening' 20 \
@@ -337,8 +335,7 @@ run() {
     mkdir -p "$rdir"
 
     if [ "$phase" = B ]; then
-        nice -n "$AI_NICE" perl "$here/aidrive.pl" "$url" "$STREAMS" \
-            "$SPREAD" \
+        nice -n "$AI_NICE" "$here/aidrive" "$url" "$STREAMS" "$SPREAD" \
             > "$rdir/drive.out" 2> "$rdir/drive.err" &
         drive_pid=$!
         if ! wait_for "$rdir/drive.out" '^streaming' 60; then
