@@ -269,6 +269,8 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
     json_t              *req;
     ngx_str_t            path, a, b, c, d;
     ngx_uint_t           m;
+    ngx_table_elt_t     *h;
+    const char          *allow;
     ngx_http_request_t  *r;
 
     r = api->r;
@@ -317,20 +319,32 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
 
         /* /invitations, /invitations/{id}/accept|decline|revoke */
 
-        if (b.len == 0 && m == NGX_HTTP_GET) {
+        if (b.len == 0) {
+            if (m != NGX_HTTP_GET) {
+                json_decref(req);
+                allow = "GET";
+                goto not_allowed;
+            }
+
             json_object_set_new(req, "op", json_string("invitations"));
             goto dispatch;
         }
 
         n = ngx_atoof(b.data, b.len);
 
-        if (n <= 0 || d.len || m != NGX_HTTP_POST
+        if (n <= 0 || d.len
             || !((c.len == 6 && ngx_strncmp(c.data, "accept", 6) == 0)
                  || (c.len == 7 && ngx_strncmp(c.data, "decline", 7) == 0)
                  || (c.len == 6 && ngx_strncmp(c.data, "revoke", 6) == 0)))
         {
             json_decref(req);
             goto not_found;
+        }
+
+        if (m != NGX_HTTP_POST) {
+            json_decref(req);
+            allow = "POST";
+            goto not_allowed;
         }
 
         json_object_set_new(req, "op", json_stringn((char *) c.data, c.len));
@@ -358,6 +372,7 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
         }
 
         json_decref(req);
+        allow = "GET, POST";
         goto not_allowed;
     }
 
@@ -384,6 +399,7 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
 
         default:
             json_decref(req);
+            allow = "GET, PATCH, DELETE";
             goto not_allowed;
         }
     }
@@ -394,6 +410,7 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
 
         if (m != NGX_HTTP_POST && m != NGX_HTTP_GET) {
             json_decref(req);
+            allow = "GET, POST";
             goto not_allowed;
         }
 
@@ -401,9 +418,14 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
         goto dispatch;
     }
 
-    if (c.len == 8 && ngx_strncmp(c.data, "presence", 8) == 0 && d.len == 0
-        && m == NGX_HTTP_GET)
+    if (c.len == 8 && ngx_strncmp(c.data, "presence", 8) == 0 && d.len == 0)
     {
+        if (m != NGX_HTTP_GET) {
+            json_decref(req);
+            allow = "GET";
+            goto not_allowed;
+        }
+
         api->route = NGX_COLLAB_API_PRESENCE;
         json_object_set_new(req, "op", json_string("_access"));
         goto dispatch;
@@ -423,12 +445,19 @@ ngx_collab_api_route(ngx_collab_api_t *api, json_t *body)
         }
 
         json_decref(req);
+        allow = "GET, POST";
         goto not_allowed;
     }
 
     if (c.len == 12 && ngx_strncmp(c.data, "participants", 12) == 0
-        && d.len && m == NGX_HTTP_DELETE)
+        && d.len)
     {
+        if (m != NGX_HTTP_DELETE) {
+            json_decref(req);
+            allow = "DELETE";
+            goto not_allowed;
+        }
+
         /*
          * r->uri is decoded already, "/" and "%" included: the user id is
          * taken from the raw URI's last segment and decoded once
@@ -472,6 +501,16 @@ not_found:
                                "no such route");
 
 not_allowed:
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value.data = (u_char *) allow;
+    h->value.len = ngx_strlen(allow);
 
     return ngx_collab_api_fail(r, NGX_HTTP_NOT_ALLOWED, "BAD_REQUEST",
                                "method not allowed on this route");

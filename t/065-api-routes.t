@@ -494,16 +494,29 @@ refused(404, 'NOT_FOUND', 'an invitation id that is not a number', 'ann',
 refused(404, 'NOT_FOUND', 'messages of an unknown session', 'ann',
         GET => '/sessions/no-such-session/messages');
 
-refused(405, 'BAD_REQUEST', 'PUT /sessions', 'ann',
-        PUT => '/sessions', json => { title => 'x' });
-refused(405, 'BAD_REQUEST', 'DELETE /sessions', 'ann',
-        DELETE => '/sessions');
-refused(405, 'BAD_REQUEST', 'POST /sessions/{id}', 'ann',
-        POST => $P, json => { title => 'x' });
-refused(405, 'BAD_REQUEST', 'DELETE /sessions/{id}/messages', 'ann',
-        DELETE => $M);
-refused(405, 'BAD_REQUEST', 'PATCH /sessions/{id}/invitations', 'ann',
-        PATCH => "$P/invitations", json => { user => 'x' });
+# each with the Allow header RFC 9110 asks of a 405
+for my $case (
+    ['PUT /sessions', 'GET, POST', PUT => '/sessions',
+     json => { title => 'x' }],
+    ['DELETE /sessions', 'GET, POST', DELETE => '/sessions'],
+    ['POST /sessions/{id}', 'GET, PATCH, DELETE', POST => $P,
+     json => { title => 'x' }],
+    ['DELETE /sessions/{id}/messages', 'GET, POST', DELETE => $M],
+    ['PATCH /sessions/{id}/invitations', 'GET, POST',
+     PATCH => "$P/invitations", json => { user => 'x' }],
+    ['POST /sessions/{id}/presence', 'GET', POST => "$P/presence",
+     json => {}],
+    ['GET /sessions/{id}/participants/{user}', 'DELETE',
+     GET => "$P/participants/bob"],
+    ['POST /invitations', 'GET', POST => '/invitations', json => {}],
+    ['GET /invitations/{id}/accept', 'POST',
+     GET => "/invitations/$inv->{id}/accept"],
+    )
+{
+    my ($why, $allow, @req) = @$case;
+    my $r = refused(405, 'BAD_REQUEST', $why, 'ann', @req);
+    is($r->{allow}, $allow, "$why: Allow: $allow");
+}
 
 refused(415, 'BAD_REQUEST', 'POST without a Content-Type', 'ann',
         POST => $M, raw => '{"body":"x","clientMsgId":"t1"}');

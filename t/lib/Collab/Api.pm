@@ -69,6 +69,7 @@ sub call {
     my $json = eval { decode_json($res->body) };
     return { status => $res->code // 0, json => $json, body => $res->body,
              type => $res->headers->content_type // '',
+             allow => $res->headers->header('Allow'),
              error => $tx->error };
 }
 
