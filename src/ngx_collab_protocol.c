@@ -1385,7 +1385,7 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
 {
     size_t                i, chars;
     json_t               *body, *cmid;
-    ngx_str_t             slug, b, id;
+    ngx_str_t             slug, b, id, image;
     ngx_int_t             rc;
     ngx_collab_member_t  *m;
 
@@ -1434,6 +1434,13 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
+    if (ngx_collab_send_image(req, &image) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_IMAGE", ref,
+                                  "\"image\" must be a data:image/png, "
+                                  "image/jpeg or image/webp base64 URL");
+        return;
+    }
+
     m = ngx_collab_member_find(conn, &slug);
 
     if (m == NULL) {
@@ -1455,7 +1462,7 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     b.data = (u_char *) json_string_value(body);
     b.len = json_string_length(body);
 
-    rc = ngx_collab_send(conn, m->room, ref, &b, &id);
+    rc = ngx_collab_send(conn, m->room, ref, &b, &id, &image);
 
     switch (rc) {
 
