@@ -816,8 +816,7 @@ ngx_collab_api_access_done(ngx_collab_pg_query_t *q, PGresult *res)
         /* what the assistant needs: "update" events keep the trigger fresh */
 
         room->ai_trigger = ngx_collab_store_ai_trigger(res, 0);
-        room->ai_image = ngx_collab_store_equals(res, 0, "type",
-                                                 "text-to-image");
+        room->ai_image = ngx_collab_store_ai_image(res, 0);
 
         b.data = (u_char *) json_string_value(body);
         b.len = json_string_length(body);

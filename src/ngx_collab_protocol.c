@@ -1107,8 +1107,7 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
     /* what the assistant needs: "update" events keep the trigger fresh */
 
     room->ai_trigger = ngx_collab_store_ai_trigger(res, 0);
-    room->ai_image = ngx_collab_store_equals(res, 0, "type",
-                                             "text-to-image");
+    room->ai_image = ngx_collab_store_ai_image(res, 0);
 
     m = NULL;
 

@@ -651,7 +651,8 @@ ngx_collab_send_ack(ngx_collab_batch_t *batch, ngx_collab_send_t *s,
         /* a question to the assistant: the worker that stored it asks */
 
         if (s->user_id) {
-            ngx_collab_ai_trigger(room, seq, s->user_id, &s->body);
+            ngx_collab_ai_trigger(room, seq, s->user_id, &s->body,
+                                  &s->metadata);
         }
     }
 
