@@ -38,6 +38,18 @@
  * image, as a data: URL (or the provider's URL when it gives one); the
  * faults are those of a chat reply.
  *
+ * In an "image-to-image" session the job edits a picture: the one
+ * attached to the message that asked (its metadata.image, a data: URL
+ * checked by src/ngx_collab_image.c when it was sent), else the newest
+ * picture of the session up to that message (any message's
+ * metadata.image, the assistant's own included), read from PostgreSQL.
+ * No picture, or only a provider's http(s) URL (this server fetches no
+ * URL), answers "ai_error" NO_IMAGE and stores nothing.  The picture is
+ * decoded into the job (freed with it) and POSTed as multipart/form-data
+ * {model, prompt, n: 1, response_format: "b64_json", image} to
+ * <collab_ai_endpoint>/images/edits; from there on it is a text-to-image
+ * reply: "ai_progress", the one JSON answer, the same message and faults.
+ *
  * libcurl runs on nginx's event loop through its multi socket interface:
  * CURLMOPT_SOCKETFUNCTION gives each socket to an ngx_connection_t with
  * level-triggered events, CURLMOPT_TIMERFUNCTION to one nginx timer, and
@@ -64,6 +76,7 @@
 #include "ngx_collab_protocol.h"
 #include "ngx_collab_access.h"
 #include "ngx_collab_sse.h"
+#include "ngx_collab_image.h"
 #include "ngx_collab_ai.h"
 
 
@@ -99,8 +112,16 @@ typedef struct {
     unsigned                    started:1;     /* the request is out */
     unsigned                    image:1;       /* images/generations */
     unsigned                    oversize:1;    /* > NGX_COLLAB_AI_IMAGE_MAX */
+    unsigned                    edit:1;        /* images/edits */
 
     ngx_str_t                   prompt;        /* image: what was asked */
+
+    curl_mime                  *form;          /* edit: the request */
+    u_char                     *source;        /* edit: the picture */
+    size_t                      source_len;
+    size_t                      source_sent;
+    const char                 *source_type;   /* "image/png", ... */
+    const char                 *source_ext;    /* "png", ... */
 } ngx_collab_ai_job_t;
 
 
@@ -110,6 +131,20 @@ static ngx_int_t ngx_collab_ai_start(ngx_collab_ai_job_t *job,
     PGresult *res);
 static ngx_int_t ngx_collab_ai_start_image(ngx_collab_ai_job_t *job,
     ngx_str_t *body);
+static ngx_int_t ngx_collab_ai_prompt(ngx_collab_ai_job_t *job,
+    ngx_str_t *body);
+static void ngx_collab_ai_progress(ngx_collab_ai_job_t *job);
+static void ngx_collab_ai_edit(ngx_collab_ai_job_t *job, ngx_str_t *body,
+    ngx_str_t *metadata);
+static void ngx_collab_ai_edit_source_done(ngx_collab_pg_query_t *q,
+    PGresult *res);
+static ngx_int_t ngx_collab_ai_start_edit(ngx_collab_ai_job_t *job,
+    ngx_collab_image_t *img);
+static ngx_int_t ngx_collab_ai_edit_form(ngx_collab_ai_job_t *job);
+static size_t ngx_collab_ai_edit_read(char *buf, size_t size, size_t n,
+    void *arg);
+static int ngx_collab_ai_edit_seek(void *arg, curl_off_t offset,
+    int origin);
 static ngx_int_t ngx_collab_ai_post(ngx_collab_ai_job_t *job,
     const char *path, const char *accept);
 static size_t ngx_collab_ai_image_write(ngx_collab_ai_job_t *job, char *ptr,
@@ -207,12 +242,13 @@ ngx_collab_ai_exit_process(ngx_cycle_t *cycle)
 
 /*
  * A user message was stored (seq) in the room: start a reply if it calls
- * for one.  user: the author, for the rate limit.
+ * for one.  user: the author, for the rate limit; metadata: the message's
+ * (JSON text, or empty), where an attached picture is.
  */
 
 void
 ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq, int64_t user,
-    ngx_str_t *body)
+    ngx_str_t *body, ngx_str_t *metadata)
 {
     ngx_uint_t              trigger;
     ngx_msec_t              delay;
@@ -281,6 +317,7 @@ ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq, int64_t user,
 
     if (room->ai_image) {
         job->image = 1;
+        job->edit = (room->ai_image == NGX_COLLAB_AI_IMAGE_EDIT);
         job->text_size = NGX_COLLAB_AI_IMAGE_BUF;
 
         job->text = ngx_alloc(job->text_size, ngx_collab_ai_log);
@@ -316,6 +353,11 @@ ready:
     room->ai = job;
     ngx_queue_insert_tail(&ngx_collab_ai_jobs, &job->queue);
     ngx_collab_ai_njobs++;
+
+    if (job->edit) {
+        ngx_collab_ai_edit(job, body, metadata);
+        return;
+    }
 
     if (job->image) {
 
@@ -497,12 +539,50 @@ ngx_collab_ai_start(ngx_collab_ai_job_t *job, PGresult *res)
 static ngx_int_t
 ngx_collab_ai_start_image(ngx_collab_ai_job_t *job, ngx_str_t *body)
 {
-    u_char                *p, *last;
     json_t                *req;
-    ngx_str_t              prompt;
     ngx_collab_ai_conf_t  *acf;
 
     acf = ngx_collab_ai_conf;
+
+    if (ngx_collab_ai_prompt(job, body) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    req = json_pack("{s:s%,s:s%,s:i,s:s}",
+                    "model", acf->image_model.data, acf->image_model.len,
+                    "prompt", job->prompt.data, job->prompt.len,
+                    "n", 1,
+                    "response_format", "b64_json");
+    if (req == NULL) {
+        return NGX_ERROR;
+    }
+
+    job->request = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+
+    if (job->request == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_collab_ai_post(job, "images/generations", "application/json")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_collab_ai_progress(job);
+
+    return NGX_OK;
+}
+
+
+/* job->prompt: a copy of the message, without the "@ai" that called */
+
+static ngx_int_t
+ngx_collab_ai_prompt(ngx_collab_ai_job_t *job, ngx_str_t *body)
+{
+    u_char     *p, *last;
+    ngx_str_t   prompt;
 
     prompt = *body;
 
@@ -535,28 +615,15 @@ ngx_collab_ai_start_image(ngx_collab_ai_job_t *job, ngx_str_t *body)
     job->prompt.len = prompt.len;
     ngx_memcpy(job->prompt.data, prompt.data, prompt.len);
 
-    req = json_pack("{s:s%,s:s%,s:i,s:s}",
-                    "model", acf->image_model.data, acf->image_model.len,
-                    "prompt", prompt.data, prompt.len,
-                    "n", 1,
-                    "response_format", "b64_json");
-    if (req == NULL) {
-        return NGX_ERROR;
-    }
+    return NGX_OK;
+}
 
-    job->request = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
 
-    if (job->request == NULL) {
-        return NGX_ERROR;
-    }
+/* the picture is being made: the request is out */
 
-    if (ngx_collab_ai_post(job, "images/generations", "application/json")
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
+static void
+ngx_collab_ai_progress(ngx_collab_ai_job_t *job)
+{
     ngx_collab_ai_event(job->room,
                         json_pack("{s:s,s:s%,s:I,s:s}",
                                   "op", "ai_progress",
@@ -564,8 +631,276 @@ ngx_collab_ai_start_image(ngx_collab_ai_job_t *job, ngx_str_t *body)
                                   job->room->slug.len,
                                   "replyTo", (json_int_t) job->reply_to,
                                   "stage", "generating"));
+}
+
+
+/*
+ * An image-to-image reply: the picture attached to the message, else the
+ * session's newest one, read from PostgreSQL first.  Answers the session
+ * itself on any failure and frees the job then.
+ */
+
+static void
+ngx_collab_ai_edit(ngx_collab_ai_job_t *job, ngx_str_t *body,
+    ngx_str_t *metadata)
+{
+    json_t                 *meta, *image;
+    ngx_int_t               rc;
+    ngx_collab_image_t      img;
+    ngx_collab_pg_query_t  *q;
+
+    if (ngx_collab_ai_prompt(job, body) != NGX_OK) {
+        goto unavailable;
+    }
+
+    meta = NULL;
+    image = NULL;
+
+    if (metadata->len) {
+        meta = json_loadb((char *) metadata->data, metadata->len, 0, NULL);
+        image = json_object_get(meta, "image");
+    }
+
+    if (json_is_string(image)
+        && ngx_collab_image_parse((u_char *) json_string_value(image),
+                                  json_string_length(image), &img)
+           == 0)
+    {
+        rc = ngx_collab_ai_start_edit(job, &img);
+        json_decref(meta);
+
+        if (rc != NGX_OK) {
+            goto unavailable;
+        }
+
+        return;
+    }
+
+    json_decref(meta);
+
+    /* the newest picture of the session, up to this message */
+
+    q = ngx_collab_pg_query_create(ngx_collab_sql_latest_image, 2,
+                                   2 * NGX_INT64_LEN);
+    if (q == NULL) {
+        goto unavailable;
+    }
+
+    (void) ngx_collab_pg_param_int(q, 0, job->room->id);
+    (void) ngx_collab_pg_param_int(q, 1, job->reply_to);
+
+    q->handler = ngx_collab_ai_edit_source_done;
+    q->data = job;
+
+    if (ngx_collab_pg_send(q) != NGX_OK) {
+        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
+                            "the message store is unavailable");
+        ngx_collab_ai_free(job);
+    }
+
+    return;
+
+unavailable:
+
+    ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
+                        "the assistant could not be reached");
+    ngx_collab_ai_free(job);
+}
+
+
+static void
+ngx_collab_ai_edit_source_done(ngx_collab_pg_query_t *q, PGresult *res)
+{
+    int                   col;
+    ngx_collab_image_t    img;
+    ngx_collab_ai_job_t  *job;
+
+    job = q->data;
+
+    if (job->cancelled) {
+        /* cancelled before the provider was asked: nothing to store */
+        ngx_collab_ai_error(job->room, job->reply_to, "CANCELLED",
+                            "the reply was cancelled");
+        ngx_collab_ai_free(job);
+        return;
+    }
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, ngx_collab_ai_log)
+        != NGX_OK)
+    {
+        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
+                            "the message store is unavailable");
+        ngx_collab_ai_free(job);
+        return;
+    }
+
+    col = PQfnumber(res, "image");
+
+    /* a provider's http(s) URL is no source: this server fetches none */
+
+    if (PQntuples(res) != 1 || col < 0 || PQgetisnull(res, 0, col)
+        || ngx_collab_image_parse((u_char *) PQgetvalue(res, 0, col),
+                                  PQgetlength(res, 0, col), &img)
+           != 0)
+    {
+        ngx_collab_ai_error(job->room, job->reply_to, "NO_IMAGE",
+                            "there is no picture in this session to "
+                            "start from: attach one");
+        ngx_collab_ai_free(job);
+        return;
+    }
+
+    if (ngx_collab_ai_start_edit(job, &img) != NGX_OK) {
+        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
+                            "the assistant could not be reached");
+        ngx_collab_ai_free(job);
+    }
+}
+
+
+/* the request of an image-to-image reply: img decoded into the job */
+
+static ngx_int_t
+ngx_collab_ai_start_edit(ngx_collab_ai_job_t *job, ngx_collab_image_t *img)
+{
+    job->source = ngx_alloc(img->size, ngx_collab_ai_log);
+    if (job->source == NULL) {
+        return NGX_ERROR;
+    }
+
+    job->source_len = ngx_collab_image_decode(img, job->source);
+    job->source_sent = 0;
+    job->source_type = img->type;
+    job->source_ext = img->ext;
+
+    if (ngx_collab_ai_post(job, "images/edits", "application/json")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_collab_ai_progress(job);
 
     return NGX_OK;
+}
+
+
+/*
+ * The multipart/form-data body of images/edits, on job->easy; the
+ * picture's bytes are read from job->source as libcurl sends them, not
+ * copied.
+ */
+
+static ngx_int_t
+ngx_collab_ai_edit_form(ngx_collab_ai_job_t *job)
+{
+    u_char                *p, name[16];
+    curl_mimepart         *part;
+    ngx_collab_ai_conf_t  *acf;
+
+    acf = ngx_collab_ai_conf;
+
+    job->form = curl_mime_init(job->easy);
+    if (job->form == NULL) {
+        return NGX_ERROR;
+    }
+
+    part = curl_mime_addpart(job->form);
+    if (part == NULL
+        || curl_mime_name(part, "model") != CURLE_OK
+        || curl_mime_data(part, (char *) acf->image_model.data,
+                          acf->image_model.len)
+           != CURLE_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    part = curl_mime_addpart(job->form);
+    if (part == NULL
+        || curl_mime_name(part, "prompt") != CURLE_OK
+        || curl_mime_data(part, (char *) job->prompt.data, job->prompt.len)
+           != CURLE_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    part = curl_mime_addpart(job->form);
+    if (part == NULL
+        || curl_mime_name(part, "n") != CURLE_OK
+        || curl_mime_data(part, "1", 1) != CURLE_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    part = curl_mime_addpart(job->form);
+    if (part == NULL
+        || curl_mime_name(part, "response_format") != CURLE_OK
+        || curl_mime_data(part, "b64_json", CURL_ZERO_TERMINATED)
+           != CURLE_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p = ngx_snprintf(name, sizeof(name) - 1, "image.%s", job->source_ext);
+    *p = '\0';
+
+    part = curl_mime_addpart(job->form);
+    if (part == NULL
+        || curl_mime_name(part, "image") != CURLE_OK
+        || curl_mime_filename(part, (char *) name) != CURLE_OK
+        || curl_mime_type(part, job->source_type) != CURLE_OK
+        || curl_mime_data_cb(part, (curl_off_t) job->source_len,
+                             ngx_collab_ai_edit_read,
+                             ngx_collab_ai_edit_seek, NULL, job)
+           != CURLE_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (curl_easy_setopt(job->easy, CURLOPT_MIMEPOST, job->form)
+        != CURLE_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static size_t
+ngx_collab_ai_edit_read(char *buf, size_t size, size_t n, void *arg)
+{
+    ngx_collab_ai_job_t  *job;
+
+    job = arg;
+
+    n = ngx_min(size * n, job->source_len - job->source_sent);
+
+    ngx_memcpy(buf, job->source + job->source_sent, n);
+    job->source_sent += n;
+
+    return n;
+}
+
+
+/* libcurl rewinds the picture when it sends the body again */
+
+static int
+ngx_collab_ai_edit_seek(void *arg, curl_off_t offset, int origin)
+{
+    ngx_collab_ai_job_t  *job;
+
+    job = arg;
+
+    if (origin != SEEK_SET || offset < 0
+        || (size_t) offset > job->source_len)
+    {
+        return CURL_SEEKFUNC_FAIL;
+    }
+
+    job->source_sent = (size_t) offset;
+
+    return CURL_SEEKFUNC_OK;
 }
 
 
@@ -587,7 +922,11 @@ ngx_collab_ai_post(ngx_collab_ai_job_t *job, const char *path,
     p = ngx_snprintf(hdr, sizeof(hdr) - 1, "Accept: %s", accept);
     *p = '\0';
 
-    job->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    /* a form sets its own type; "Expect:" spares a wait for 100 Continue */
+
+    job->headers = curl_slist_append(NULL, job->edit
+                                           ? "Expect:"
+                                           : "Content-Type: application/json");
     job->headers = curl_slist_append(job->headers, (char *) hdr);
 
     if (acf->key.len) {
@@ -611,7 +950,14 @@ ngx_collab_ai_post(ngx_collab_ai_job_t *job, const char *path,
 
     (void) curl_easy_setopt(easy, CURLOPT_URL, (char *) url);
     (void) curl_easy_setopt(easy, CURLOPT_HTTPHEADER, job->headers);
-    (void) curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->request);
+    if (job->edit) {
+        if (ngx_collab_ai_edit_form(job) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        (void) curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->request);
+    }
     (void) curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, ngx_collab_ai_write);
     (void) curl_easy_setopt(easy, CURLOPT_WRITEDATA, job);
     (void) curl_easy_setopt(easy, CURLOPT_PRIVATE, job);
@@ -1140,6 +1486,10 @@ ngx_collab_ai_free(ngx_collab_ai_job_t *job)
         curl_easy_cleanup(job->easy);
     }
 
+    if (job->form) {
+        curl_mime_free(job->form);
+    }
+
     if (job->headers) {
         curl_slist_free_all(job->headers);
     }
@@ -1163,6 +1513,10 @@ ngx_collab_ai_free(ngx_collab_ai_job_t *job)
 
     if (job->prompt.data) {
         ngx_free(job->prompt.data);
+    }
+
+    if (job->source) {
+        ngx_free(job->source);
     }
 
     ngx_free(job->text);

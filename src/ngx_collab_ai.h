@@ -17,6 +17,11 @@
 #define NGX_COLLAB_AI_ALWAYS   2
 #define NGX_COLLAB_AI_SERVER   3        /* a session's: collab_ai_trigger */
 
+/* room->ai_image: what a session's type asks of the assistant */
+#define NGX_COLLAB_AI_IMAGE_NONE      0 /* "text": a written reply */
+#define NGX_COLLAB_AI_IMAGE_GENERATE  1 /* "text-to-image" */
+#define NGX_COLLAB_AI_IMAGE_EDIT      2 /* "image-to-image" */
+
 
 typedef struct ngx_collab_room_s  ngx_collab_room_t;
 
@@ -25,7 +30,7 @@ typedef struct {
     ngx_str_t                   endpoint;      /* no trailing slash */
     ngx_str_t                   key;
     ngx_str_t                   model;
-    ngx_str_t                   image_model;   /* text-to-image sessions */
+    ngx_str_t                   image_model;   /* picture sessions */
     ngx_msec_t                  timeout;
     ngx_uint_t                  max_tokens;
     ngx_uint_t                  context;
@@ -38,7 +43,7 @@ ngx_int_t ngx_collab_ai_init_process(ngx_cycle_t *cycle,
     ngx_collab_ai_conf_t *acf);
 void ngx_collab_ai_exit_process(ngx_cycle_t *cycle);
 void ngx_collab_ai_trigger(ngx_collab_room_t *room, int64_t seq,
-    int64_t user, ngx_str_t *body);
+    int64_t user, ngx_str_t *body, ngx_str_t *metadata);
 ngx_int_t ngx_collab_ai_cancel(ngx_collab_room_t *room);
 ngx_int_t ngx_collab_ai_trigger_value(u_char *name, size_t len);
 

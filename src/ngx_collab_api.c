@@ -79,6 +79,7 @@ static struct {
     ngx_uint_t                  status;
 } ngx_collab_api_codes[] = {
     { "BAD_REQUEST", NGX_HTTP_BAD_REQUEST },
+    { "BAD_IMAGE", NGX_HTTP_BAD_REQUEST },
     { "UNAUTHORIZED", NGX_HTTP_UNAUTHORIZED },
     { "ACCESS_DENIED", NGX_HTTP_FORBIDDEN },
     { "NOT_FOUND", NGX_HTTP_NOT_FOUND },
@@ -653,7 +654,7 @@ ngx_collab_api_access_done(ngx_collab_pg_query_t *q, PGresult *res)
 {
     int64_t                          id, n, limit;
     json_t                          *body, *cmid, *list;
-    ngx_str_t                        slug, b, c;
+    ngx_str_t                        slug, b, c, image;
     ngx_int_t                        rc;
     ngx_msec_t                       delay;
     ngx_collab_req_t                *req;
@@ -821,6 +822,14 @@ ngx_collab_api_access_done(ngx_collab_pg_query_t *q, PGresult *res)
             break;
         }
 
+        if (ngx_collab_send_image(api->req, &image) != NGX_OK) {
+            ngx_collab_protocol_error(conn, "BAD_IMAGE", NULL,
+                                      "\"image\" must be a data:image/png, "
+                                      "image/jpeg or image/webp base64 "
+                                      "URL");
+            break;
+        }
+
         delay = ngx_collab_presence_limit(conn->user_id,
                                           NGX_COLLAB_RATE_MESSAGES);
         if (delay) {
@@ -846,15 +855,14 @@ ngx_collab_api_access_done(ngx_collab_pg_query_t *q, PGresult *res)
         /* what the assistant needs: "update" events keep the trigger fresh */
 
         room->ai_trigger = ngx_collab_store_ai_trigger(res, 0);
-        room->ai_image = ngx_collab_store_equals(res, 0, "type",
-                                                 "text-to-image");
+        room->ai_image = ngx_collab_store_ai_image(res, 0);
 
         b.data = (u_char *) json_string_value(body);
         b.len = json_string_length(body);
         c.data = (u_char *) json_string_value(cmid);
         c.len = json_string_length(cmid);
 
-        rc = ngx_collab_send(conn, room, NULL, &b, &c);
+        rc = ngx_collab_send(conn, room, NULL, &b, &c, &image);
 
         if (rc != NGX_OK) {
             ngx_collab_room_release(room);

@@ -1107,8 +1107,7 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
     /* what the assistant needs: "update" events keep the trigger fresh */
 
     room->ai_trigger = ngx_collab_store_ai_trigger(res, 0);
-    room->ai_image = ngx_collab_store_equals(res, 0, "type",
-                                             "text-to-image");
+    room->ai_image = ngx_collab_store_ai_image(res, 0);
 
     m = NULL;
 
@@ -1385,7 +1384,7 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
 {
     size_t                i, chars;
     json_t               *body, *cmid;
-    ngx_str_t             slug, b, id;
+    ngx_str_t             slug, b, id, image;
     ngx_int_t             rc;
     ngx_collab_member_t  *m;
 
@@ -1434,6 +1433,13 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
+    if (ngx_collab_send_image(req, &image) != NGX_OK) {
+        ngx_collab_protocol_error(conn, "BAD_IMAGE", ref,
+                                  "\"image\" must be a data:image/png, "
+                                  "image/jpeg or image/webp base64 URL");
+        return;
+    }
+
     m = ngx_collab_member_find(conn, &slug);
 
     if (m == NULL) {
@@ -1455,7 +1461,7 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     b.data = (u_char *) json_string_value(body);
     b.len = json_string_length(body);
 
-    rc = ngx_collab_send(conn, m->room, ref, &b, &id);
+    rc = ngx_collab_send(conn, m->room, ref, &b, &id, &image);
 
     switch (rc) {
 

@@ -66,7 +66,7 @@ struct ngx_collab_room_s {
 
     void                       *ai;            /* a reply being made */
     ngx_uint_t                  ai_trigger;    /* NGX_COLLAB_AI_* */
-    ngx_uint_t                  ai_image;      /* a text-to-image session */
+    ngx_uint_t                  ai_image;      /* NGX_COLLAB_AI_IMAGE_* */
 
     u_char                      data[1];       /* the slug */
 };

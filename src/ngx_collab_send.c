@@ -38,6 +38,7 @@
 #include "ngx_collab_store.h"
 #include "ngx_collab_redis.h"
 #include "ngx_collab_ai.h"
+#include "ngx_collab_image.h"
 #include "ngx_collab_send.h"
 
 
@@ -90,14 +91,16 @@ ngx_collab_send_init(ngx_collab_main_conf_t *cmcf, ngx_log_t *log)
 
 
 /*
- * Queues a send.  NGX_OK: an ack or an error will follow.  NGX_BUSY: too
+ * Queues a send; image: a picture checked by ngx_collab_send_image(), or
+ * NULL or empty.  NGX_OK: an ack or an error will follow.  NGX_BUSY: too
  * many sends of this connection wait for their ack; NGX_DECLINED:
  * PostgreSQL is unavailable; NGX_ERROR.
  */
 
 ngx_int_t
 ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
-    json_t *ref, ngx_str_t *body, ngx_str_t *client_msg_id)
+    json_t *ref, ngx_str_t *body, ngx_str_t *client_msg_id,
+    ngx_str_t *image)
 {
     u_char             *p;
     size_t              len;
@@ -113,6 +116,10 @@ ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
 
     len = conn->user.len + conn->user_name.len + client_msg_id->len
           + body->len;
+
+    if (image && image->len) {
+        len += sizeof("{\"image\":\"\"}") - 1 + image->len;
+    }
 
     s = ngx_alloc(offsetof(ngx_collab_send_t, data) + len,
                   conn->ws->connection->log);
@@ -142,12 +149,59 @@ ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
 
     s->body.data = p;
     s->body.len = body->len;
-    ngx_memcpy(p, body->data, body->len);
+    p = ngx_cpymem(p, body->data, body->len);
+
+    if (image && image->len) {
+
+        /* a data: URL needs no escaping in a JSON string */
+
+        s->metadata.data = p;
+        p = ngx_cpymem(p, "{\"image\":\"", sizeof("{\"image\":\"") - 1);
+        p = ngx_cpymem(p, image->data, image->len);
+        p = ngx_cpymem(p, "\"}", 2);
+        s->metadata.len = p - s->metadata.data;
+    }
 
     ngx_queue_insert_tail(&conn->sends, &s->conn_link);
     conn->nsends++;
 
     ngx_collab_send_enqueue(room, s);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The "image" of a send or of a POST of a message: absent (or null), or a
+ * picture as ngx_collab_image_parse() takes it, never anything else (the
+ * server fetches no URL a user gave).  NGX_OK: image is the data: URL,
+ * or empty; NGX_ERROR: refuse the message with BAD_IMAGE.
+ */
+
+ngx_int_t
+ngx_collab_send_image(json_t *req, ngx_str_t *image)
+{
+    json_t              *v;
+    ngx_collab_image_t   img;
+
+    ngx_str_null(image);
+
+    v = json_object_get(req, "image");
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_string(v)
+        || ngx_collab_image_parse((u_char *) json_string_value(v),
+                                  json_string_length(v), &img)
+           != 0)
+    {
+        return NGX_ERROR;
+    }
+
+    image->data = (u_char *) json_string_value(v);
+    image->len = json_string_length(v);
 
     return NGX_OK;
 }
@@ -597,7 +651,8 @@ ngx_collab_send_ack(ngx_collab_batch_t *batch, ngx_collab_send_t *s,
         /* a question to the assistant: the worker that stored it asks */
 
         if (s->user_id) {
-            ngx_collab_ai_trigger(room, seq, s->user_id, &s->body);
+            ngx_collab_ai_trigger(room, seq, s->user_id, &s->body,
+                                  &s->metadata);
         }
     }
 

@@ -35,7 +35,9 @@ typedef struct {
 
 void ngx_collab_send_init(ngx_collab_main_conf_t *cmcf, ngx_log_t *log);
 ngx_int_t ngx_collab_send(ngx_collab_conn_t *conn, ngx_collab_room_t *room,
-    json_t *ref, ngx_str_t *body, ngx_str_t *client_msg_id);
+    json_t *ref, ngx_str_t *body, ngx_str_t *client_msg_id,
+    ngx_str_t *image);
+ngx_int_t ngx_collab_send_image(json_t *req, ngx_str_t *image);
 void ngx_collab_send_detach(ngx_collab_conn_t *conn);
 ngx_int_t ngx_collab_send_ai(ngx_collab_room_t *room, ngx_str_t *body,
     ngx_str_t *metadata, ngx_str_t *client_msg_id);

@@ -126,6 +126,17 @@ const char  ngx_collab_sql_history_before[] =
     ") h ORDER BY h.seq";
 
 
+/* $1 session id, $2 seq: the newest picture in a message up to $2 */
+
+const char  ngx_collab_sql_latest_image[] =
+    "SELECT m.seq, m.metadata->>'image' AS image"
+    "  FROM chat_messages m"
+    "  WHERE m.session_id = $1::bigint AND m.seq <= $2::bigint"
+    "    AND m.metadata->>'image' IS NOT NULL"
+    "  ORDER BY m.seq DESC"
+    "  LIMIT 1";
+
+
 const char  ngx_collab_sql_append_batch[] =
     "WITH input AS ("
     "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[],"
@@ -618,6 +629,23 @@ ngx_collab_store_ai_trigger(PGresult *res, int row)
                                     PQgetlength(res, row, col));
 
     return (v == NGX_ERROR) ? NGX_COLLAB_AI_SERVER : (ngx_uint_t) v;
+}
+
+
+/* the session's type as NGX_COLLAB_AI_IMAGE_* */
+
+ngx_uint_t
+ngx_collab_store_ai_image(PGresult *res, int row)
+{
+    if (ngx_collab_store_equals(res, row, "type", "text-to-image")) {
+        return NGX_COLLAB_AI_IMAGE_GENERATE;
+    }
+
+    if (ngx_collab_store_equals(res, row, "type", "image-to-image")) {
+        return NGX_COLLAB_AI_IMAGE_EDIT;
+    }
+
+    return NGX_COLLAB_AI_IMAGE_NONE;
 }
 
 

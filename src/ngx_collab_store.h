@@ -23,6 +23,7 @@ extern const char  ngx_collab_sql_my_sessions[];
 extern const char  ngx_collab_sql_join_session[];
 extern const char  ngx_collab_sql_messages_since[];
 extern const char  ngx_collab_sql_history_before[];
+extern const char  ngx_collab_sql_latest_image[];
 extern const char  ngx_collab_sql_append_batch[];
 extern const char  ngx_collab_sql_invite[];
 extern const char  ngx_collab_sql_my_invitations[];
@@ -46,6 +47,7 @@ json_t *ngx_collab_store_message(PGresult *res, int row);
 json_t *ngx_collab_store_invitation(PGresult *res, int row);
 ngx_uint_t ngx_collab_store_bool(PGresult *res, int row, const char *field);
 ngx_uint_t ngx_collab_store_ai_trigger(PGresult *res, int row);
+ngx_uint_t ngx_collab_store_ai_image(PGresult *res, int row);
 ngx_uint_t ngx_collab_store_equals(PGresult *res, int row, const char *field,
     const char *value);
 

@@ -156,7 +156,9 @@ export interface ChatMessage {
     error?: string;
     /* the server's metadata, when the message has some: for kind "ai",
      * replyTo (the question's seq), model, cancelled, truncated, and
-     * image (a data: or http(s) URL) in text-to-image sessions */
+     * image (a data: or http(s) URL) in text-to-image and image-to-image
+     * sessions; for kind "user", image (a data: URL) when one was
+     * attached */
     metadata?: Record<string, unknown>;
 }
 
@@ -400,6 +402,7 @@ interface PendingRequest {
 interface OutboxItem {
     clientMsgId: string;
     body: string;
+    image?: string;
     state: MessageState;
     seq: number | null;
     createdAt: string | null;
@@ -536,11 +539,16 @@ export class CollabSession {
 
     /* --- sending --- */
 
-    /* queue a message; returns its clientMsgId */
-    send(body: string): string {
+    /*
+     * queue a message; returns its clientMsgId.  image: a picture to
+     * attach, a data:image/png|jpeg|webp;base64 URL (anything else is
+     * refused, BAD_IMAGE: the message is then "failed")
+     */
+    send(body: string, image?: string): string {
         const item: OutboxItem = {
             clientMsgId: this.client._newClientMsgId(),
             body,
+            ...(image ? { image } : {}),
             state: 'pending',
             seq: null,
             createdAt: null,
@@ -1113,6 +1121,7 @@ export class CollabSession {
             session: this.id,
             body: o.body,
             clientMsgId: o.clientMsgId,
+            ...(o.image ? { image: o.image } : {}),
         }).then((ack) => {
             o.inFlight = false;
             if (!this.outbox.includes(o)) {
@@ -1259,6 +1268,7 @@ export class CollabSession {
             createdAt: o.createdAt,
             state: o.state,
             own: true,
+            ...(o.image ? { metadata: { image: o.image } } : {}),
             ...(o.error ? { error: o.error } : {}),
         };
     }

@@ -20,8 +20,9 @@ export interface UseCollabSession {
     typingUsers: readonly TypingUser[];
     /* the AI participant's replies being made (see AiReply) */
     aiReplies: readonly AiReply[];
-    /* queue a message (sent now, or when the connection is back) */
-    send: (body: string) => string | null;
+    /* queue a message (sent now, or when the connection is back), with a
+     * data:image/...;base64 picture attached if image is given */
+    send: (body: string, image?: string) => string | null;
     /* call with true on every keystroke; throttled and auto-stopped */
     setTyping: (on: boolean) => void;
     retry: (clientMsgId: string) => void;
@@ -71,8 +72,8 @@ export function useCollabSession(client: CollabClient,
         session ? session.getSnapshot : emptySnapshot,
         session ? session.getSnapshot : emptySnapshot);
 
-    const send = useCallback((body: string) =>
-        session ? session.send(body) : null, [session]);
+    const send = useCallback((body: string, image?: string) =>
+        session ? session.send(body, image) : null, [session]);
     const setTyping = useCallback((on: boolean) => {
         session?.setTyping(on);
     }, [session]);

@@ -324,6 +324,31 @@ test('an unacked send is resent with the same clientMsgId', async () => {
     client.close();
 });
 
+test('a picture goes with its send; BAD_IMAGE fails it', async () => {
+    const { client, last } = setup();
+    last().accept();
+    const s = client.session('room').acquire();
+    await answerJoin(last(), 'room', []);
+
+    const url = 'data:image/png;base64,iVBORw==';
+    const id = s.send('@ai make it blue', url);
+    const plain = s.send('no picture');
+    await settle();
+    const sends = last().take('send');
+    assert.deepEqual(sends.map((f) => [f.clientMsgId, f.image]),
+                     [[id, url], [plain, undefined]]);
+    assert.ok(!('image' in sends[1]), 'no image field without a picture');
+    let m = s.getSnapshot().messages.find((x) => x.clientMsgId === id);
+    assert.deepEqual(m.metadata, { image: url }, 'shown while pending');
+
+    last().reply(sends[0], { op: 'error', code: 'BAD_IMAGE', message: 'no' });
+    await settle();
+    m = s.getSnapshot().messages.find((x) => x.clientMsgId === id);
+    assert.equal(m.state, 'failed');
+    assert.equal(m.error, 'BAD_IMAGE');
+    client.close();
+});
+
 test('transient send errors are retried, permanent ones fail', async () => {
     const { clock, client, last } = setup();
     last().accept();

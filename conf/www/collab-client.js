@@ -215,11 +215,16 @@ export class CollabSession {
         this.changed();
     }
     /* --- sending --- */
-    /* queue a message; returns its clientMsgId */
-    send(body) {
+    /*
+     * queue a message; returns its clientMsgId.  image: a picture to
+     * attach, a data:image/png|jpeg|webp;base64 URL (anything else is
+     * refused, BAD_IMAGE: the message is then "failed")
+     */
+    send(body, image) {
         const item = {
             clientMsgId: this.client._newClientMsgId(),
             body,
+            ...(image ? { image } : {}),
             state: 'pending',
             seq: null,
             createdAt: null,
@@ -732,6 +737,7 @@ export class CollabSession {
             session: this.id,
             body: o.body,
             clientMsgId: o.clientMsgId,
+            ...(o.image ? { image: o.image } : {}),
         }).then((ack) => {
             o.inFlight = false;
             if (!this.outbox.includes(o)) {
@@ -867,6 +873,7 @@ export class CollabSession {
             createdAt: o.createdAt,
             state: o.state,
             own: true,
+            ...(o.image ? { metadata: { image: o.image } } : {}),
             ...(o.error ? { error: o.error } : {}),
         };
     }

@@ -33,6 +33,13 @@ package Collab::AITest;
 #                             replyTo); undef after $wait (default 15)
 #   reply_to_of($e)           the replyTo of such an event; '(none)' for
 #                             undef
+#   ai_events($c, $reply_to, $timeout)
+#                             every event of the assistant about seq
+#                             $reply_to (ai_progress, ai_delta), in
+#                             arrival order, up to the one that ends it
+#                             (the message of kind ai, or an ai_error)
+#   ops(@events)              their ops in one string, an ai_error as
+#                             "ai_error:CODE"
 
 use strict;
 use warnings;
@@ -43,7 +50,7 @@ use Time::HiRes qw(time);
 
 our @EXPORT = qw($KEY write_key ai_conf ai_reply texts say_
                  no_key_anywhere);
-our @EXPORT_OK = qw(open_session first_ai reply_to_of);
+our @EXPORT_OK = qw(open_session first_ai reply_to_of ai_events ops);
 
 our $KEY = 'sk-mock-'
     . join('', map { sprintf '%02x', int rand 256 } 1 .. 16);
@@ -162,5 +169,29 @@ sub reply_to_of {
     return '(none)' unless $e;
     return $e->{op} eq 'message' ? $e->{metadata}{replyTo} : $e->{replyTo};
 }
+
+
+sub ai_events {
+    my ($c, $reply_to, $timeout) = @_;
+    my @e;
+    my $end = time + ($timeout // 15);
+    while (time < $end) {
+        my $e = $c->take(sub {
+            my $r = $_->{op} eq 'message'
+                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
+                  ? $_->{metadata}{replyTo} : undef
+                : $_->{op} =~ /^ai_/ ? $_->{replyTo}
+                : undef;
+            defined $r && $r == $reply_to;
+        }, $end - time) or last;
+        push @e, $e;
+        last if $e->{op} ne 'ai_progress' && $e->{op} ne 'ai_delta';
+    }
+    return @e;
+}
+
+
+sub ops { join ' ', map { $_->{op} eq 'ai_error' ? "ai_error:$_->{code}"
+                          : $_->{op} } @_ }
 
 1;

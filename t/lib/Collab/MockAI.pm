@@ -38,6 +38,13 @@ package Collab::MockAI;
 #   anything else {"data": [{"b64_json": image_b64(), "revised_prompt":
 #                 "revised: <prompt>"}]}
 #
+# POST /v1/images/edits (image-to-image sessions) takes OpenAI's
+# multipart/form-data: it answers 400 unless the form has "model",
+# "prompt" and a non-empty "image" file part, and otherwise answers like
+# /images/generations (the same markers in the prompt, the same image).
+# Its record's body is {model, prompt, n, response_format, image:
+# {filename, content_type, size, b64 (the bytes that arrived, base64)}}.
+#
 # The streamed text is reply_text($n): chunk i is chunk_text(i).  The
 # stream is cut awkwardly on purpose: a comment first (as OpenRouter
 # sends), CRLF on some events, an event split across two HTTP chunks.
@@ -183,6 +190,12 @@ sub serve {
     $app->routes->any('/*whatever' => { whatever => '' } => sub {
         my ($c) = @_;
 
+        my $path = $c->req->url->path->to_string;
+
+        if ($c->req->method eq 'POST' && $path eq '/v1/images/edits') {
+            return _edit($c, $fh);
+        }
+
         my $raw = $c->req->body;
         my $json = eval { Mojo::JSON::decode_json($raw) };
         print $fh Mojo::JSON::encode_json({
@@ -223,6 +236,46 @@ sub serve {
     );
     $daemon->run;
     POSIX::_exit(0);
+}
+
+sub _edit {
+    my ($c, $fh) = @_;
+
+    require Mojo::Util;
+
+    my $req = $c->req;
+    my $up = $req->upload('image');
+    my %form = map { $_ => $req->body_params->param($_) }
+               qw(model prompt n response_format);
+    my $bytes = $up ? $up->asset->slurp : undef;
+
+    print $fh Mojo::JSON::encode_json({
+        method => $req->method,
+        path => $req->url->path->to_string,
+        authorization => $req->headers->authorization,
+        content_type => $req->headers->content_type,
+        accept => $req->headers->accept,
+        body => {
+            %form,
+            image => $up ? {
+                filename => $up->filename,
+                content_type => $up->headers->content_type,
+                size => length $bytes,
+                b64 => Mojo::Util::b64_encode($bytes, ''),
+            } : undef,
+        },
+    }), "\n";
+
+    if (($req->headers->content_type // '') !~ m{^multipart/form-data}
+        || !length($form{model} // '') || !length($form{prompt} // '')
+        || !$up || !length $bytes)
+    {
+        return $c->render(status => 400, json => { error => {
+            code => 'invalid_request',
+            message => 'model, prompt and image are required' } });
+    }
+
+    return _image($c, $form{prompt});
 }
 
 sub _image {
