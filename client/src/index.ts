@@ -188,7 +188,9 @@ export interface TypingUser {
 /*
  * idle: not joined yet; joining: join sent (or waiting for the socket);
  * syncing: catching up (join pages with more: true); live: events flow;
- * error: the server refused the join (see error); left: leave() was called
+ * error: the server refused the join, or ended it (the session deleted:
+ * NOT_FOUND; this user removed: ACCESS_DENIED; see error); left: leave()
+ * was called
  */
 export type SessionStatus =
     'idle' | 'joining' | 'syncing' | 'live' | 'error' | 'left';
@@ -842,6 +844,42 @@ export class CollabSession {
         this.changed();
     }
 
+    /*
+     * The server ended this session for this user (the owner deleted it,
+     * or removed the user; the server has let go of the connection's
+     * join already): status "error" as a refused join, no rejoin, and
+     * what is queued can never be sent.
+     */
+    private ended(code: string, message: string): void {
+        if (this.status === 'left' || this.status === 'error') {
+            return;
+        }
+        this.joinGen++;
+        if (this.joinRetryTimer !== null) {
+            this.client._timers.clearTimeout(this.joinRetryTimer);
+            this.joinRetryTimer = null;
+        }
+        this.stopTyping(false);
+        this.clearTyping();
+        this.ai.clear();
+        for (const o of this.outbox) {
+            if (o.state !== 'pending') {
+                continue;
+            }
+            if (o.retryTimer !== null) {
+                this.client._timers.clearTimeout(o.retryTimer);
+                o.retryTimer = null;
+            }
+            o.inFlight = false;
+            o.state = 'failed';
+            o.error = code;
+        }
+        this.error = new CollabError(code, message);
+        this.status = 'error';
+        this.wanted = false;
+        this.changed();
+    }
+
     /* --- incoming frames --- */
 
     _frame(f: ServerFrame): void {
@@ -880,7 +918,18 @@ export class CollabSession {
             this.typingEvent(String(f.user), !!f.on);
             return;
 
+        case 'deleted':
+            this.ended('NOT_FOUND', 'the session was deleted');
+            return;
+
         case 'member':
+            if (f.action === 'removed' && this.client.userId !== null
+                && f.user === this.client.userId)
+            {
+                this.ended('ACCESS_DENIED',
+                           'you were removed from this session');
+                return;
+            }
             /* a newcomer's display name, before its first message */
             if (typeof f.user === 'string' && typeof f.userName === 'string') {
                 this.names.set(f.user, f.userName);

@@ -235,6 +235,57 @@ test('a refused join is an error, not a retry loop', async () => {
     client.close();
 });
 
+test('deleted, or this user removed: the session ends, queued sends fail',
+     async () => {
+    const { clock, client, last } = setup();
+    last().accept();
+    const gone = client.session('gone').acquire();
+    const out = client.session('out').acquire();
+    const other = client.session('other').acquire();
+    await settle();
+    for (const req of last().take('join')) {
+        last().reply(req, { op: 'joined', session: { id: req.session },
+                            lastSeq: 1, messages: [msg(1)], more: false,
+                            presence: [] });
+    }
+    await settle();
+    for (const s of [gone, out, other]) {
+        assert.equal(s.getSnapshot().status, 'live');
+    }
+
+    // someone else removed: a member event like any other
+    last().push({ op: 'member', session: 'other', user: 'u2',
+                  action: 'removed' });
+    await settle();
+    assert.equal(other.getSnapshot().status, 'live');
+
+    const q = gone.send('never acked');
+    await settle();
+    last().push({ op: 'deleted', session: 'gone' });
+    last().push({ op: 'member', session: 'out', user: 'u1',
+                  action: 'removed' });
+    await settle();
+
+    let snap = gone.getSnapshot();
+    assert.equal(snap.status, 'error');
+    assert.equal(snap.error.code, 'NOT_FOUND');
+    assert.deepEqual(snap.messages.filter((m) => m.clientMsgId === q)
+                         .map((m) => [m.state, m.error]),
+                     [['failed', 'NOT_FOUND']]);
+    snap = out.getSnapshot();
+    assert.equal(snap.status, 'error');
+    assert.equal(snap.error.code, 'ACCESS_DENIED');
+    assert.equal(other.getSnapshot().status, 'live');
+
+    // no rejoin of either after a reconnect; the other one comes back
+    last().serverClose(1006);
+    await clock.advance(60000);
+    last().accept();
+    await settle();
+    assert.deepEqual(last().take('join').map((j) => j.session), ['other']);
+    client.close();
+});
+
 test('an UNAVAILABLE join is retried', async () => {
     const { clock, client, last } = setup();
     last().accept();

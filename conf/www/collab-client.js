@@ -490,6 +490,41 @@ export class CollabSession {
         this.wanted = false;
         this.changed();
     }
+    /*
+     * The server ended this session for this user (the owner deleted it,
+     * or removed the user; the server has let go of the connection's
+     * join already): status "error" as a refused join, no rejoin, and
+     * what is queued can never be sent.
+     */
+    ended(code, message) {
+        if (this.status === 'left' || this.status === 'error') {
+            return;
+        }
+        this.joinGen++;
+        if (this.joinRetryTimer !== null) {
+            this.client._timers.clearTimeout(this.joinRetryTimer);
+            this.joinRetryTimer = null;
+        }
+        this.stopTyping(false);
+        this.clearTyping();
+        this.ai.clear();
+        for (const o of this.outbox) {
+            if (o.state !== 'pending') {
+                continue;
+            }
+            if (o.retryTimer !== null) {
+                this.client._timers.clearTimeout(o.retryTimer);
+                o.retryTimer = null;
+            }
+            o.inFlight = false;
+            o.state = 'failed';
+            o.error = code;
+        }
+        this.error = new CollabError(code, message);
+        this.status = 'error';
+        this.wanted = false;
+        this.changed();
+    }
     /* --- incoming frames --- */
     _frame(f) {
         switch (f.op) {
@@ -521,7 +556,15 @@ export class CollabSession {
             case 'typing':
                 this.typingEvent(String(f.user), !!f.on);
                 return;
+            case 'deleted':
+                this.ended('NOT_FOUND', 'the session was deleted');
+                return;
             case 'member':
+                if (f.action === 'removed' && this.client.userId !== null
+                    && f.user === this.client.userId) {
+                    this.ended('ACCESS_DENIED', 'you were removed from this session');
+                    return;
+                }
                 /* a newcomer's display name, before its first message */
                 if (typeof f.user === 'string' && typeof f.userName === 'string') {
                     this.names.set(f.user, f.userName);
