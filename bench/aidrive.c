@@ -49,7 +49,6 @@
 #define _GNU_SOURCE
 
 #include <errno.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -62,6 +61,9 @@
 #include <sys/socket.h>
 
 #include "wsclient.h"
+
+
+const char  bench_name[] = "aidrive";
 
 
 #define MESSAGE_MAX     (1 << 20)
@@ -86,10 +88,8 @@ typedef struct {
     size_t         in_len;
     size_t         in_cap;
 
-    u_char        *out;
+    bench_buf_t    out;
     size_t         out_pos;
-    size_t         out_len;
-    size_t         out_cap;
 
     u_char        *msg;         /* a fragmented message */
     size_t         msg_len;
@@ -124,9 +124,6 @@ static int json_str(const u_char *m, size_t len, const u_char *from,
 static void timers(void);
 static int timeout_ms(void);
 static void mark(void);
-static void parse_url(const char *url);
-static void die(const char *fmt, ...)
-    __attribute__((noreturn, format(printf, 1, 2)));
 
 
 static int          ep;
@@ -136,6 +133,7 @@ static double       spread;
 static uint32_t     rng;
 
 static struct sockaddr_in  addr;
+static char         host[256];
 static char         hostport[256];
 static char         path[1024];
 
@@ -153,7 +151,6 @@ main(int argc, char **argv)
     char                *end;
     sess_t              *s;
     unsigned             k;
-    sigset_t             sigs;
     struct epoll_event   ev, evs[256];
 
     struct signalfd_siginfo  si;
@@ -177,31 +174,17 @@ main(int argc, char **argv)
         }
     }
 
-    parse_url(argv[1]);
+    bench_parse_url(argv[1], &addr, host, sizeof(host),
+                    hostport, sizeof(hostport), path, sizeof(path));
 
     /* SIGUSR1, SIGTERM and SIGINT are read from a signalfd in the loop */
 
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGUSR1);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-
-    if (sigprocmask(SIG_BLOCK, &sigs, NULL) == -1) {
-        die("sigprocmask: %s", strerror(errno));
-    }
-
-    sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
-
-    if (sfd == -1) {
-        die("signalfd: %s", strerror(errno));
-    }
-
-    signal(SIGPIPE, SIG_IGN);
+    sfd = bench_signalfd(SIGUSR1, SIGTERM, SIGINT, 0);
 
     ep = epoll_create1(EPOLL_CLOEXEC);
 
     if (ep == -1) {
-        die("epoll_create1: %s", strerror(errno));
+        bench_die("epoll_create1: %s", strerror(errno));
     }
 
     signals.fd = sfd;
@@ -209,7 +192,7 @@ main(int argc, char **argv)
     ev.data.ptr = &signals;
 
     if (epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 
     rng = (uint32_t) getpid() ^ (uint32_t) ws_now_us();
@@ -218,7 +201,7 @@ main(int argc, char **argv)
     sess = calloc(n_sess ? n_sess : 1, sizeof(sess_t));
 
     if (sess == NULL) {
-        die("out of memory");
+        bench_die("out of memory");
     }
 
     for (k = 0; k < n_sess; k++) {
@@ -231,15 +214,7 @@ main(int argc, char **argv)
     }
 
     for ( ;; ) {
-        n = epoll_wait(ep, evs, 256, timeout_ms());
-
-        if (n == -1) {
-            if (errno == EINTR) {
-                continue;
-            }
-
-            die("epoll_wait: %s", strerror(errno));
-        }
+        n = bench_epoll_wait(ep, evs, 256, timeout_ms());
 
         for (i = 0; i < n; i++) {
             s = evs[i].data.ptr;
@@ -321,24 +296,16 @@ sess_connect(sess_t *s)
                    "Sec-WebSocket-Protocol: collab.v1\r\n");
 
     if (n < 0 || (size_t) n >= sizeof(req)) {
-        die("URL too long");
+        bench_die("URL too long");
     }
 
-    s->out = malloc((size_t) n);
-
-    if (s->out == NULL) {
-        die("out of memory");
-    }
-
-    memcpy(s->out, req, (size_t) n);
-    s->out_len = (size_t) n;
-    s->out_cap = (size_t) n;
+    bench_buf_add(&s->out, req, (size_t) n);
 
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = s;
 
     if (epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 }
 
@@ -360,7 +327,7 @@ sess_read(sess_t *s)
             s->in = realloc(s->in, s->in_cap);
 
             if (s->in == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
         }
 
@@ -474,7 +441,7 @@ sess_frames(sess_t *s)
                 s->msg = realloc(s->msg, s->msg_cap);
 
                 if (s->msg == NULL) {
-                    die("out of memory");
+                    bench_die("out of memory");
                 }
             }
 
@@ -631,19 +598,13 @@ sess_ask(sess_t *s)
 static void
 sess_send(sess_t *s, const char *fmt, ...)
 {
-    int      n;
-    char     buf[512];
     va_list  args;
 
     va_start(args, fmt);
-    n = vsnprintf(buf, sizeof(buf), fmt, args);
+    ws_text_add(&s->out, ws_rnd(&rng), fmt, args);
     va_end(args);
 
-    if (n < 0 || (size_t) n >= sizeof(buf)) {
-        die("message too long");
-    }
-
-    sess_frame(s, 0x1, (u_char *) buf, (size_t) n);
+    sess_write(s);
 }
 
 
@@ -652,25 +613,7 @@ sess_send(sess_t *s, const char *fmt, ...)
 static void
 sess_frame(sess_t *s, unsigned opcode, const u_char *data, size_t len)
 {
-    u_char   hdr[WS_HEADER_MAX];
-    size_t   h, need;
-
-    h = ws_frame_header(hdr, opcode, len, ws_rnd(&rng));
-    need = s->out_len + h + len;
-
-    if (need > s->out_cap) {
-        s->out_cap = need * 2;
-        s->out = realloc(s->out, s->out_cap);
-
-        if (s->out == NULL) {
-            die("out of memory");
-        }
-    }
-
-    memcpy(s->out + s->out_len, hdr, h);
-    memcpy(s->out + s->out_len + h, data, len);
-    ws_mask(s->out + s->out_len + h, len, hdr + h - 4);
-    s->out_len = need;
+    ws_frame_add(&s->out, opcode, data, len, ws_rnd(&rng));
 
     sess_write(s);
 }
@@ -685,8 +628,8 @@ sess_write(sess_t *s)
         return;
     }
 
-    while (s->writable && s->out_pos < s->out_len) {
-        n = send(s->fd, s->out + s->out_pos, s->out_len - s->out_pos,
+    while (s->writable && s->out_pos < s->out.len) {
+        n = send(s->fd, s->out.p + s->out_pos, s->out.len - s->out_pos,
                  MSG_NOSIGNAL);
 
         if (n == -1) {
@@ -705,9 +648,9 @@ sess_write(sess_t *s)
         s->out_pos += (size_t) n;
     }
 
-    if (s->out_pos == s->out_len) {
+    if (s->out_pos == s->out.len) {
         s->out_pos = 0;
-        s->out_len = 0;
+        s->out.len = 0;
     }
 }
 
@@ -868,75 +811,4 @@ mark(void)
     fflush(stdout);
 
     inflight_min = -1;
-}
-
-
-/* ws://HOST[:PORT][/PATH] into addr, hostport and path */
-
-static void
-parse_url(const char *url)
-{
-    char              host[256], port[16];
-    size_t            n;
-    const char       *p, *slash, *colon;
-    struct addrinfo   hints, *res;
-
-    if (strncmp(url, "ws://", 5) != 0) {
-        die("only ws:// URLs: %s", url);
-    }
-
-    p = url + 5;
-    slash = strchr(p, '/');
-
-    if (slash == NULL) {
-        slash = p + strlen(p);
-    }
-
-    n = (size_t) (slash - p);
-
-    if (n == 0 || n >= sizeof(hostport) || strlen(slash) >= sizeof(path)) {
-        die("bad URL: %s", url);
-    }
-
-    memcpy(hostport, p, n);
-    hostport[n] = '\0';
-    snprintf(path, sizeof(path), "%s", *slash ? slash : "/");
-
-    colon = memchr(p, ':', n);
-
-    if (colon) {
-        snprintf(host, sizeof(host), "%.*s", (int) (colon - p), p);
-        snprintf(port, sizeof(port), "%.*s", (int) (slash - colon - 1),
-                 colon + 1);
-
-    } else {
-        snprintf(host, sizeof(host), "%s", hostport);
-        strcpy(port, "80");
-    }
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_STREAM;
-
-    if (getaddrinfo(host, port, &hints, &res) != 0) {
-        die("cannot resolve %s", host);
-    }
-
-    memcpy(&addr, res->ai_addr, sizeof(struct sockaddr_in));
-    freeaddrinfo(res);
-}
-
-
-static void
-die(const char *fmt, ...)
-{
-    va_list  args;
-
-    va_start(args, fmt);
-    fprintf(stderr, "aidrive: ");
-    vfprintf(stderr, fmt, args);
-    fprintf(stderr, "\n");
-    va_end(args);
-
-    exit(2);
 }

@@ -41,7 +41,6 @@
 
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,14 +52,15 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
+
+#include "benchutil.h"
+
+
+const char  bench_name[] = "aimock";
 
 
 #define HEAD_MAX      65536
-
-
-typedef unsigned char  u_char;
 
 
 typedef enum {
@@ -88,10 +88,8 @@ typedef struct {
     size_t         in_len;
     size_t         in_cap;
 
-    u_char        *out;
+    bench_buf_t    out;
     size_t         out_pos;
-    size_t         out_len;
-    size_t         out_cap;
 
     uint64_t       body_left;   /* of a Content-Length body or a chunk */
     unsigned       stream:1;    /* the request is a chat completion */
@@ -112,7 +110,6 @@ static int conn_body(conn_t *c);
 static void conn_respond(conn_t *c);
 static void conn_write(conn_t *c);
 static void conn_written(conn_t *c);
-static void out_add(conn_t *c, const void *data, size_t len);
 static void out_chunk(conn_t *c, const char *data, size_t len);
 static void sse_delta(conn_t *c, unsigned i);
 static void timer_add(conn_t *c, uint64_t at);
@@ -121,8 +118,6 @@ static void timer_up(size_t i);
 static void timer_down(size_t i);
 static void timer_expire(void);
 static uint64_t now_us(void);
-static void die(const char *fmt, ...)
-    __attribute__((noreturn, format(printf, 1, 2)));
 
 
 static int        ep;
@@ -176,7 +171,6 @@ main(int argc, char **argv)
     long                 port, ms;
     conn_t              *c;
     uint64_t             t;
-    sigset_t             sigs;
     struct sockaddr_in   sin;
     struct epoll_event   ev, evs[256];
 
@@ -208,26 +202,12 @@ main(int argc, char **argv)
 
     /* SIGTERM and SIGINT are read from a signalfd in the loop */
 
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-
-    if (sigprocmask(SIG_BLOCK, &sigs, NULL) == -1) {
-        die("sigprocmask: %s", strerror(errno));
-    }
-
-    sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
-
-    if (sfd == -1) {
-        die("signalfd: %s", strerror(errno));
-    }
-
-    signal(SIGPIPE, SIG_IGN);
+    sfd = bench_signalfd(SIGTERM, SIGINT, 0);
 
     lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     if (lfd == -1) {
-        die("socket: %s", strerror(errno));
+        bench_die("socket: %s", strerror(errno));
     }
 
     one = 1;
@@ -239,17 +219,17 @@ main(int argc, char **argv)
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 
     if (bind(lfd, (struct sockaddr *) &sin, sizeof(sin)) == -1) {
-        die("bind 127.0.0.1:%ld: %s", port, strerror(errno));
+        bench_die("bind 127.0.0.1:%ld: %s", port, strerror(errno));
     }
 
     if (listen(lfd, 4096) == -1) {
-        die("listen: %s", strerror(errno));
+        bench_die("listen: %s", strerror(errno));
     }
 
     ep = epoll_create1(EPOLL_CLOEXEC);
 
     if (ep == -1) {
-        die("epoll_create1: %s", strerror(errno));
+        bench_die("epoll_create1: %s", strerror(errno));
     }
 
     listener.fd = lfd;
@@ -259,13 +239,13 @@ main(int argc, char **argv)
     ev.data.ptr = &listener;
 
     if (epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 
     ev.data.ptr = &signals;
 
     if (epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 
     printf("listening %ld\n", port);
@@ -280,15 +260,7 @@ main(int argc, char **argv)
                       ? 0 : (int) ((heap[0]->at - t + 999) / 1000);
         }
 
-        n = epoll_wait(ep, evs, 256, timeout);
-
-        if (n == -1) {
-            if (errno == EINTR) {
-                continue;
-            }
-
-            die("epoll_wait: %s", strerror(errno));
-        }
+        n = bench_epoll_wait(ep, evs, 256, timeout);
 
         for (i = 0; i < n; i++) {
             c = evs[i].data.ptr;
@@ -314,7 +286,7 @@ main(int argc, char **argv)
                             break;
                         }
 
-                        die("accept4: %s", strerror(errno));
+                        bench_die("accept4: %s", strerror(errno));
                     }
 
                     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
@@ -323,7 +295,7 @@ main(int argc, char **argv)
                     c = calloc(1, sizeof(conn_t));
 
                     if (c == NULL) {
-                        die("out of memory");
+                        bench_die("out of memory");
                     }
 
                     c->fd = fd;
@@ -335,7 +307,7 @@ main(int argc, char **argv)
                     ev.data.ptr = c;
 
                     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == -1) {
-                        die("epoll_ctl: %s", strerror(errno));
+                        bench_die("epoll_ctl: %s", strerror(errno));
                     }
                 }
 
@@ -392,9 +364,9 @@ conn_close(conn_t *c)
     c->fd = -1;
 
     free(c->in);
-    free(c->out);
+    free(c->out.p);
     c->in = NULL;
-    c->out = NULL;
+    c->out.p = NULL;
 }
 
 
@@ -411,7 +383,7 @@ conn_read(conn_t *c)
             c->in = realloc(c->in, c->in_cap);
 
             if (c->in == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
         }
 
@@ -605,7 +577,7 @@ conn_head(conn_t *c, size_t hlen)
     /* the body is not here yet: libcurl waits for this (or 1 s) */
 
     if (cont && (chunked || c->in_len - hlen < c->body_left)) {
-        out_add(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        bench_buf_add(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         conn_write(c);
     }
 
@@ -735,7 +707,7 @@ conn_respond(conn_t *c)
 {
     if (!c->stream) {
         c->state = sw_plain;
-        out_add(c, head_404, sizeof(head_404) - 1);
+        bench_buf_add(&c->out, head_404, sizeof(head_404) - 1);
         conn_write(c);
         return;
     }
@@ -750,7 +722,7 @@ conn_respond(conn_t *c)
     c->state = sw_deltas;
     c->sent = 0;
 
-    out_add(c, head_stream, sizeof(head_stream) - 1);
+    bench_buf_add(&c->out, head_stream, sizeof(head_stream) - 1);
     out_chunk(c, sse_role, sizeof(sse_role) - 1);
     conn_write(c);
 }
@@ -763,8 +735,8 @@ conn_write(conn_t *c)
 {
     ssize_t  n;
 
-    while (c->writable && c->out_pos < c->out_len) {
-        n = send(c->fd, c->out + c->out_pos, c->out_len - c->out_pos,
+    while (c->writable && c->out_pos < c->out.len) {
+        n = send(c->fd, c->out.p + c->out_pos, c->out.len - c->out_pos,
                  MSG_NOSIGNAL);
 
         if (n == -1) {
@@ -783,9 +755,9 @@ conn_write(conn_t *c)
 
         c->out_pos += (size_t) n;
 
-        if (c->out_pos == c->out_len) {
+        if (c->out_pos == c->out.len) {
             c->out_pos = 0;
-            c->out_len = 0;
+            c->out.len = 0;
             conn_written(c);
 
             if (c->fd == -1) {
@@ -819,7 +791,7 @@ conn_written(conn_t *c)
     case sw_stop:
         n_completed++;
         c->state = sw_last;
-        out_add(c, "0\r\n\r\n", 5);
+        bench_buf_add(&c->out, "0\r\n\r\n", 5);
         return;
 
     case sw_last:
@@ -849,23 +821,6 @@ conn_written(conn_t *c)
 }
 
 
-static void
-out_add(conn_t *c, const void *data, size_t len)
-{
-    if (c->out_len + len > c->out_cap) {
-        c->out_cap = (c->out_len + len) * 2;
-        c->out = realloc(c->out, c->out_cap);
-
-        if (c->out == NULL) {
-            die("out of memory");
-        }
-    }
-
-    memcpy(c->out + c->out_len, data, len);
-    c->out_len += len;
-}
-
-
 /* one HTTP chunk */
 
 static void
@@ -876,9 +831,9 @@ out_chunk(conn_t *c, const char *data, size_t len)
 
     n = snprintf(size, sizeof(size), "%zx\r\n", len);
 
-    out_add(c, size, (size_t) n);
-    out_add(c, data, len);
-    out_add(c, "\r\n", 2);
+    bench_buf_add(&c->out, size, (size_t) n);
+    bench_buf_add(&c->out, data, len);
+    bench_buf_add(&c->out, "\r\n", 2);
 }
 
 
@@ -910,7 +865,7 @@ timer_add(conn_t *c, uint64_t at)
         heap = realloc(heap, heap_cap * sizeof(conn_t *));
 
         if (heap == NULL) {
-            die("out of memory");
+            bench_die("out of memory");
         }
     }
 
@@ -1039,19 +994,4 @@ now_us(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
 
     return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
-
-static void
-die(const char *fmt, ...)
-{
-    va_list  args;
-
-    va_start(args, fmt);
-    fprintf(stderr, "aimock: ");
-    vfprintf(stderr, fmt, args);
-    fprintf(stderr, "\n");
-    va_end(args);
-
-    exit(2);
 }

@@ -80,6 +80,9 @@
 #include "wsclient.h"
 
 
+const char  bench_name[] = "fanload";
+
+
 #define MAX_URLS       8
 #define MAX_STEPS      32
 #define MAX_PIDS       16
@@ -91,13 +94,6 @@
 enum { P_COLLAB, P_NCHAN, P_SIO, P_WS };
 
 enum { st_connecting = 0, st_handshake, st_open, st_done };
-
-
-typedef struct {
-    u_char        *p;
-    size_t         len;
-    size_t         cap;
-} buf_t;
 
 
 typedef struct {
@@ -114,9 +110,9 @@ typedef struct {
     int            pub;         /* its publisher index, or -1 */
     char           key[25];
 
-    buf_t          out;
-    buf_t          in;
-    buf_t          msg;         /* a fragmented message */
+    bench_buf_t    out;
+    bench_buf_t    in;
+    bench_buf_t    msg;         /* a fragmented message */
     unsigned       msg_op;
 
     uint32_t      *last;        /* per publisher of the room: last seq */
@@ -194,42 +190,11 @@ static char      *pad;
 static char       step_line[MAX_STEPS][512];
 
 
-static void
-die(const char *fmt, ...)
-{
-    va_list  args;
-
-    va_start(args, fmt);
-    fprintf(stderr, "fanload: ");
-    vfprintf(stderr, fmt, args);
-    fprintf(stderr, "\n");
-    va_end(args);
-    exit(2);
-}
-
-
 static double
 hist_ms(double pct)
 {
     return (double) ws_hist_percentile(hist, lat_count, lat_max, pct)
            / 1000.0;
-}
-
-
-static void
-buf_add(buf_t *b, const void *data, size_t len)
-{
-    if (b->len + len + 1 > b->cap) {
-        b->cap = (b->len + len + 1) * 2;
-        b->p = realloc(b->p, b->cap);
-
-        if (b->p == NULL) {
-            die("out of memory");
-        }
-    }
-
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
 }
 
 
@@ -250,7 +215,7 @@ conn_update(conn_t *c)
     ev.data.ptr = c;
 
     if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 }
 
@@ -320,34 +285,18 @@ conn_flush(conn_t *c)
 static void
 send_frame(conn_t *c, unsigned opcode, const u_char *payload, size_t len)
 {
-    u_char  hdr[WS_HEADER_MAX];
-    size_t  h, off;
-
-    h = ws_frame_header(hdr, opcode, len, ws_rnd(&rng));
-
-    buf_add(&c->out, hdr, h);
-    off = c->out.len;
-    buf_add(&c->out, payload, len);
-    ws_mask(c->out.p + off, len, hdr + h - 4);
+    ws_frame_add(&c->out, opcode, payload, len, ws_rnd(&rng));
 }
 
 
 static void
 send_text(conn_t *c, const char *fmt, ...)
 {
-    int      n;
-    char     buf[1024];
     va_list  args;
 
     va_start(args, fmt);
-    n = vsnprintf(buf, sizeof(buf), fmt, args);
+    ws_text_add(&c->out, ws_rnd(&rng), fmt, args);
     va_end(args);
-
-    if (n < 0 || (size_t) n >= sizeof(buf)) {
-        die("frame too long");
-    }
-
-    send_frame(c, 0x1, (u_char *) buf, (size_t) n);
 }
 
 
@@ -404,7 +353,7 @@ conn_start(conn_t *c)
                        opt.proto == P_COLLAB
                        ? "Sec-WebSocket-Protocol: collab.v1\r\n" : "");
 
-        buf_add(&c->out, req, (size_t) n);
+        bench_buf_add(&c->out, req, (size_t) n);
     }
 
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
@@ -412,7 +361,7 @@ conn_start(conn_t *c)
     c->want_write = 1;
 
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 }
 
@@ -628,7 +577,7 @@ collab_text(conn_t *c, const u_char *m, size_t len)
         p = memmem(m, len, "\"id\":\"", 6);
 
         if (p == NULL) {
-            die("created without an id");
+            bench_die("created without an id");
         }
 
         v = p + 6;
@@ -805,7 +754,7 @@ frames(conn_t *c)
                 break;
             }
 
-            buf_add(&c->msg, payload, (size_t) len);
+            bench_buf_add(&c->msg, payload, (size_t) len);
 
             if (fin) {
                 text_message(c, c->msg.p, c->msg.len);
@@ -935,7 +884,7 @@ conn_read(conn_t *c)
             c->in.p = realloc(c->in.p, c->in.cap);
 
             if (c->in.p == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
         }
 
@@ -1089,7 +1038,7 @@ publish(pub_t *pb, uint64_t due)
 
             f = malloc((size_t) n + blen + 4);
             if (f == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
 
             memcpy(f, hdr, (size_t) n);
@@ -1110,8 +1059,8 @@ publish(pub_t *pb, uint64_t due)
                      "Content-Length: %zu\r\n\r\n",
                      opt.pub_path, strchr(opt.pub_path, '?') ? '&' : '?',
                      room, opt.pub_hostport, blen);
-        buf_add(&c->out, hdr, (size_t) n);
-        buf_add(&c->out, pad, blen);
+        bench_buf_add(&c->out, hdr, (size_t) n);
+        bench_buf_add(&c->out, pad, blen);
         c->fifo[c->fifo_tail++ % HTTP_FIFO] = idx;
         break;
 
@@ -1122,7 +1071,7 @@ publish(pub_t *pb, uint64_t due)
 
             f = malloc((size_t) n + blen + 4);
             if (f == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
 
             memcpy(f, hdr, (size_t) n);
@@ -1142,7 +1091,7 @@ publish(pub_t *pb, uint64_t due)
 
             f = malloc((size_t) n + blen);
             if (f == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
 
             memcpy(f, hdr, (size_t) n);
@@ -1169,15 +1118,7 @@ loop_once(int timeout_ms)
     uint64_t            t0, t1;
     struct epoll_event  evs[512];
 
-    n = epoll_wait(ep, evs, 512, timeout_ms);
-
-    if (n == -1) {
-        if (errno == EINTR) {
-            return;
-        }
-
-        die("epoll_wait: %s", strerror(errno));
-    }
+    n = bench_epoll_wait(ep, evs, 512, timeout_ms);
 
     t0 = ws_now_us();
 
@@ -1547,7 +1488,7 @@ parse_url(const char *url, int ws, struct sockaddr_in *addr,
         p += 7;
 
     } else {
-        die("bad url \"%s\"", url);
+        bench_die("bad url \"%s\"", url);
     }
 
     slash = strchr(p, '/');
@@ -1564,7 +1505,7 @@ parse_url(const char *url, int ws, struct sockaddr_in *addr,
     port = colon ? (unsigned) atoi(colon + 1) : 80;
 
     if (hl >= sizeof(host)) {
-        die("bad url \"%s\"", url);
+        bench_die("bad url \"%s\"", url);
     }
 
     memcpy(host, p, hl);
@@ -1579,7 +1520,7 @@ parse_url(const char *url, int ws, struct sockaddr_in *addr,
     }
 
     if (inet_pton(AF_INET, host, &addr->sin_addr) != 1) {
-        die("url host must be an IPv4 address: \"%s\"", url);
+        bench_die("url host must be an IPv4 address: \"%s\"", url);
     }
 }
 
@@ -1667,7 +1608,7 @@ main(int argc, char **argv)
             break;
         case 'u':
             if (opt.nurls == MAX_URLS) {
-                die("too many --url");
+                bench_die("too many --url");
             }
 
             parse_url(optarg, 1, &opt.addr[opt.nurls],
@@ -1692,7 +1633,7 @@ main(int argc, char **argv)
 
             for (tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
                 if (opt.nsteps == MAX_STEPS) {
-                    die("too many steps");
+                    bench_die("too many steps");
                 }
 
                 opt.steps[opt.nsteps++] = atof(tok);
@@ -1712,7 +1653,7 @@ main(int argc, char **argv)
 
             for (tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
                 if (opt.npids == MAX_PIDS) {
-                    die("too many pids");
+                    bench_die("too many pids");
                 }
 
                 opt.pids[opt.npids++] = atoi(tok);
@@ -1738,7 +1679,7 @@ main(int argc, char **argv)
 
     for (i = 0; i < opt.nsteps; i++) {
         if (opt.steps[i] <= 0) {
-            die("rates must be > 0");
+            bench_die("rates must be > 0");
         }
     }
 
@@ -1747,7 +1688,7 @@ main(int argc, char **argv)
     }
 
     if (opt.pubs == 0) {
-        die("--pubs must be >= 1");
+        bench_die("--pubs must be >= 1");
     }
 
     signal(SIGPIPE, SIG_IGN);
@@ -1773,8 +1714,8 @@ main(int argc, char **argv)
         getrlimit(RLIMIT_NOFILE, &rl);
 
         if (rl.rlim_cur < total_conns() + 64) {
-            die("ulimit -n is %llu, need %u", (unsigned long long) rl.rlim_cur,
-                total_conns() + 64);
+            bench_die("ulimit -n is %llu, need %u",
+                      (unsigned long long) rl.rlim_cur, total_conns() + 64);
         }
     }
 
@@ -1784,7 +1725,7 @@ main(int argc, char **argv)
     pad = malloc(opt.size + 64);
 
     if (conns == NULL || pubs == NULL || rooms == NULL || pad == NULL) {
-        die("out of memory");
+        bench_die("out of memory");
     }
 
     memset(pad, 'x', opt.size + 64);
@@ -1818,7 +1759,7 @@ main(int argc, char **argv)
                 c->last = calloc(opt.pubs, sizeof(uint32_t));
 
                 if (c->last == NULL) {
-                    die("out of memory");
+                    bench_die("out of memory");
                 }
             }
 
@@ -1843,7 +1784,7 @@ main(int argc, char **argv)
         c->fifo = malloc(HTTP_FIFO * sizeof(uint32_t));
 
         if (c->fifo == NULL) {
-            die("out of memory");
+            bench_die("out of memory");
         }
     }
 
@@ -1856,7 +1797,7 @@ main(int argc, char **argv)
     ep = epoll_create1(EPOLL_CLOEXEC);
 
     if (ep == -1) {
-        die("epoll_create1: %s", strerror(errno));
+        bench_die("epoll_create1: %s", strerror(errno));
     }
 
     {

@@ -345,6 +345,45 @@ ws_frame_header(u_char hdr[WS_HEADER_MAX], unsigned opcode, size_t len,
 }
 
 
+/* a masked client frame of data[0 .. len) appended to b */
+
+void
+ws_frame_add(bench_buf_t *b, unsigned opcode, const u_char *data,
+    size_t len, uint32_t mask)
+{
+    u_char  hdr[WS_HEADER_MAX];
+    size_t  h, off;
+
+    h = ws_frame_header(hdr, opcode, len, mask);
+
+    bench_buf_add(b, hdr, h);
+
+    off = b->len;
+    bench_buf_add(b, data, len);
+
+    /* bench_buf_add() may have moved the buffer */
+    ws_mask(b->p + off, len, hdr + h - 4);
+}
+
+
+/* a masked text frame of the printf() text appended to b, up to 1 KB */
+
+void
+ws_text_add(bench_buf_t *b, uint32_t mask, const char *fmt, va_list args)
+{
+    int   n;
+    char  buf[1024];
+
+    n = vsnprintf(buf, sizeof(buf), fmt, args);
+
+    if (n < 0 || (size_t) n >= sizeof(buf)) {
+        bench_die("message too long");
+    }
+
+    ws_frame_add(b, 0x1, (u_char *) buf, (size_t) n, mask);
+}
+
+
 /*
  * The header of a server frame at p, avail >= 2: fills fin, opcode, rsv
  * and masked from the first two bytes in any case; returns the header

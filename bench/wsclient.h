@@ -6,13 +6,14 @@
 
 /*
  * wsclient: the client side of RFC 6455 shared by the load generators
- * bench/wsload.c and bench/fanload.c: the handshake request and the
- * check of its reply (Sec-WebSocket-Accept), masked client frames, the
- * header of server frames, the non-blocking connect, a latency histogram
- * and time and random helpers.  The connection structures, buffers and
- * error accounting stay in each program; these work on plain memory.
+ * bench/wsload.c, bench/fanload.c and bench/aidrive.c: the handshake
+ * request and the check of its reply (Sec-WebSocket-Accept), masked
+ * client frames (appended to a bench_buf_t), the header of server frames,
+ * the non-blocking connect, a latency histogram and time and random
+ * helpers.  The connection structures and error accounting stay in each
+ * program; these work on plain memory and buffers.
  *
- * Built with each program: cc ... -o wsload wsload.c wsclient.c
+ * Built with each program: cc ... -o wsload wsload.c wsclient.c benchutil.c
  */
 
 
@@ -20,11 +21,14 @@
 #define WSCLIENT_H
 
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 #include <sys/types.h>
 #include <netinet/in.h>
+
+#include "benchutil.h"
 
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -38,9 +42,6 @@
 
 #define WS_HIST_SUB       64
 #define WS_HIST_BUCKETS   (WS_HIST_SUB * 40)
-
-
-typedef unsigned char  u_char;
 
 
 /* a server frame header */
@@ -144,6 +145,10 @@ ssize_t ws_reply(u_char *in, size_t len, const char *key);
 size_t ws_frame_header(u_char hdr[WS_HEADER_MAX], unsigned opcode,
     size_t len, uint32_t mask);
 size_t ws_frame_parse(const u_char *p, size_t avail, ws_frame_t *f);
+void ws_frame_add(bench_buf_t *b, unsigned opcode, const u_char *data,
+    size_t len, uint32_t mask);
+void ws_text_add(bench_buf_t *b, uint32_t mask, const char *fmt,
+    va_list args);
 
 uint64_t ws_hist_percentile(const uint64_t *hist, uint64_t count,
     uint64_t max, double pct);

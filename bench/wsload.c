@@ -51,7 +51,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -69,6 +68,9 @@
 #include <sys/socket.h>
 
 #include "wsclient.h"
+
+
+const char  bench_name[] = "wsload";
 
 
 /* chat: sends in flight per connection (the module allows 256) */
@@ -95,9 +97,7 @@ typedef struct {
     char           key[25];
 
     /* output not yet written */
-    u_char        *out;
-    size_t         out_len;
-    size_t         out_cap;
+    bench_buf_t    out;
     int            want_write;
 
     /* input not yet parsed */
@@ -196,42 +196,10 @@ static char       err_code[CHAT_CODES][32];
 static uint64_t   err_count[CHAT_CODES];
 
 
-static void
-die(const char *fmt, ...)
-{
-    va_list  args;
-
-    va_start(args, fmt);
-    fprintf(stderr, "wsload: ");
-    vfprintf(stderr, fmt, args);
-    fprintf(stderr, "\n");
-    va_end(args);
-
-    exit(2);
-}
-
-
 static uint64_t
 hist_percentile(double pct)
 {
     return ws_hist_percentile(hist, lat_count, lat_max, pct);
-}
-
-
-static void
-out_add(conn_t *c, const void *data, size_t len)
-{
-    if (c->out_len + len > c->out_cap) {
-        c->out_cap = (c->out_len + len) * 2;
-        c->out = realloc(c->out, c->out_cap);
-
-        if (c->out == NULL) {
-            die("out of memory");
-        }
-    }
-
-    memcpy(c->out + c->out_len, data, len);
-    c->out_len += len;
 }
 
 
@@ -240,18 +208,7 @@ out_add(conn_t *c, const void *data, size_t len)
 static void
 send_frame(conn_t *c, unsigned opcode, const u_char *payload, size_t len)
 {
-    u_char  hdr[WS_HEADER_MAX];
-    size_t  h, off;
-
-    h = ws_frame_header(hdr, opcode, len, ws_rnd(&rng));
-
-    out_add(c, hdr, h);
-
-    off = c->out_len;
-    out_add(c, payload, len);
-
-    /* out_add() may have moved the buffer */
-    ws_mask(c->out + off, len, hdr + h - 4);
+    ws_frame_add(&c->out, opcode, payload, len, ws_rnd(&rng));
 }
 
 
@@ -272,7 +229,7 @@ send_message(conn_t *c)
 
     buf = malloc(opt.size ? opt.size : 1);
     if (buf == NULL) {
-        die("out of memory");
+        bench_die("out of memory");
     }
 
     for (i = 0; i < opt.size; i++) {
@@ -295,7 +252,7 @@ conn_update(conn_t *c)
     struct epoll_event  ev;
     int                 want;
 
-    want = c->out_len > 0;
+    want = c->out.len > 0;
 
     if (want == c->want_write) {
         return;
@@ -307,7 +264,7 @@ conn_update(conn_t *c)
     ev.data.ptr = c;
 
     if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 }
 
@@ -327,13 +284,13 @@ conn_free(conn_t *c)
     c->state = st_done;
     n_closed++;
 
-    free(c->out);
+    free(c->out.p);
     free(c->in);
     free(c->msg);
-    c->out = NULL;
+    c->out.p = NULL;
     c->in = NULL;
     c->msg = NULL;
-    c->out_len = c->out_cap = c->in_len = c->in_cap = 0;
+    c->out.len = c->out.cap = c->in_len = c->in_cap = 0;
     c->msg_len = c->msg_cap = 0;
 }
 
@@ -358,8 +315,8 @@ conn_flush(conn_t *c)
 {
     ssize_t  n;
 
-    while (c->out_len) {
-        n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+    while (c->out.len) {
+        n = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL);
 
         if (n == -1) {
             if (errno == EAGAIN || errno == EINTR) {
@@ -369,8 +326,8 @@ conn_flush(conn_t *c)
             return -1;
         }
 
-        memmove(c->out, c->out + n, c->out_len - (size_t) n);
-        c->out_len -= (size_t) n;
+        memmove(c->out.p, c->out.p + n, c->out.len - (size_t) n);
+        c->out.len -= (size_t) n;
     }
 
     conn_update(c);
@@ -436,7 +393,7 @@ conn_start(unsigned id)
                        opt.chat ? "Sec-WebSocket-Protocol: collab.v1\r\n"
                                 : "");
 
-        out_add(c, req, (size_t) n);
+        bench_buf_add(&c->out, req, (size_t) n);
     }
 
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
@@ -444,7 +401,7 @@ conn_start(unsigned id)
     c->want_write = 1;
 
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == -1) {
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
     }
 }
 
@@ -569,19 +526,11 @@ is(const u_char *v, size_t len, const char *s)
 static void
 chat_request(conn_t *c, const char *fmt, ...)
 {
-    int      n;
-    char     buf[512];
     va_list  args;
 
     va_start(args, fmt);
-    n = vsnprintf(buf, sizeof(buf), fmt, args);
+    ws_text_add(&c->out, ws_rnd(&rng), fmt, args);
     va_end(args);
-
-    if (n < 0 || (size_t) n >= sizeof(buf)) {
-        die("request too long");
-    }
-
-    send_frame(c, 0x1, (u_char *) buf, (size_t) n);
 }
 
 
@@ -609,7 +558,7 @@ chat_send(conn_t *c, uint64_t at)
     buf = malloc(size);
 
     if (buf == NULL) {
-        die("out of memory");
+        bench_die("out of memory");
     }
 
     n = snprintf(buf, size,
@@ -653,7 +602,7 @@ session_ack(session_t *s, int64_t seq)
         s->seen = realloc(s->seen, cap);
 
         if (s->seen == NULL) {
-            die("out of memory");
+            bench_die("out of memory");
         }
 
         memset(s->seen + s->seen_cap, 0, cap - s->seen_cap);
@@ -925,7 +874,7 @@ chat_data(conn_t *c, unsigned op, unsigned fin, u_char *payload, size_t len)
         c->msg = realloc(c->msg, c->msg_cap);
 
         if (c->msg == NULL) {
-            die("out of memory");
+            bench_die("out of memory");
         }
     }
 
@@ -1094,7 +1043,7 @@ conn_read(conn_t *c)
             c->in = realloc(c->in, c->in_cap);
 
             if (c->in == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
         }
 
@@ -1181,15 +1130,7 @@ loop(uint64_t until, int (*done)(void))
             timeout = 1;
         }
 
-        n = epoll_wait(ep, evs, 512, timeout);
-
-        if (n == -1) {
-            if (errno == EINTR) {
-                continue;
-            }
-
-            die("epoll_wait: %s", strerror(errno));
-        }
+        n = bench_epoll_wait(ep, evs, 512, timeout);
 
         for (i = 0; i < n; i++) {
             c = evs[i].data.ptr;
@@ -1327,68 +1268,12 @@ close_all(void)
 
 
 static void
-parse_url(const char *url)
-{
-    const char       *p, *slash, *colon;
-    size_t            n;
-    struct addrinfo   hints, *res;
-    char              port[16];
-
-    if (strncmp(url, "ws://", 5) != 0) {
-        die("only ws:// URLs: %s", url);
-    }
-
-    p = url + 5;
-    slash = strchr(p, '/');
-
-    if (slash == NULL) {
-        slash = p + strlen(p);
-    }
-
-    n = (size_t) (slash - p);
-
-    if (n == 0 || n >= sizeof(opt.host)) {
-        die("bad URL: %s", url);
-    }
-
-    memcpy(opt.hostport, p, n);
-    opt.hostport[n] = '\0';
-
-    colon = memchr(p, ':', n);
-    strcpy(port, "80");
-
-    if (colon) {
-        memcpy(opt.host, p, (size_t) (colon - p));
-        opt.host[colon - p] = '\0';
-        snprintf(port, sizeof(port), "%.*s", (int) (slash - colon - 1),
-                 colon + 1);
-
-    } else {
-        strcpy(opt.host, opt.hostport);
-    }
-
-    snprintf(opt.path, sizeof(opt.path), "%s", *slash ? slash : "/");
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_STREAM;
-
-    if (getaddrinfo(opt.host, port, &hints, &res) != 0) {
-        die("cannot resolve %s", opt.host);
-    }
-
-    memcpy(&opt.addr, res->ai_addr, sizeof(struct sockaddr_in));
-    freeaddrinfo(res);
-}
-
-
-static void
 raise_nofile(unsigned need)
 {
     struct rlimit  rl;
 
     if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
-        die("getrlimit: %s", strerror(errno));
+        bench_die("getrlimit: %s", strerror(errno));
     }
 
     if (rl.rlim_cur >= need) {
@@ -1410,8 +1295,8 @@ raise_nofile(unsigned need)
     getrlimit(RLIMIT_NOFILE, &rl);
 
     if (rl.rlim_cur < need) {
-        die("RLIMIT_NOFILE is %lu, %u needed", (unsigned long) rl.rlim_cur,
-            need);
+        bench_die("RLIMIT_NOFILE is %lu, %u needed",
+                  (unsigned long) rl.rlim_cur, need);
     }
 }
 
@@ -1518,7 +1403,7 @@ chat_run(void)
     chat_body = malloc(opt.size + 1);
 
     if (chat_body == NULL) {
-        die("out of memory");
+        bench_die("out of memory");
     }
 
     for (i = 0; i < opt.size; i++) {
@@ -1756,7 +1641,7 @@ main(int argc, char **argv)
     ws_accept("dGhlIHNhbXBsZSBub25jZQ==", accept);
 
     if (strcmp(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") != 0) {
-        die("SHA-1 self test failed: %s", accept);
+        bench_die("SHA-1 self test failed: %s", accept);
     }
 
     chat_failed = 0;
@@ -1809,14 +1694,16 @@ main(int argc, char **argv)
             || opt.window == 0 || opt.window > CHAT_UNACKED
             || opt.rate < 0)
         {
-            die("chat needs 1 <= --sessions <= --conns and "
+            bench_die("chat needs 1 <= --sessions <= --conns and "
                 "1 <= --window <= %d", CHAT_UNACKED);
         }
 
         total_conns += opt.subscribers * opt.sessions;
     }
 
-    parse_url(url);
+    bench_parse_url(url, &opt.addr, opt.host, sizeof(opt.host),
+                    opt.hostport, sizeof(opt.hostport),
+                    opt.path, sizeof(opt.path));
     raise_nofile(total_conns + 64);
 
     signal(SIGINT, on_signal);
@@ -1827,7 +1714,7 @@ main(int argc, char **argv)
     ep = epoll_create1(EPOLL_CLOEXEC);
 
     if (conns == NULL || ep == -1) {
-        die("cannot allocate %u connections", total_conns);
+        bench_die("cannot allocate %u connections", total_conns);
     }
 
     rng ^= (uint32_t) getpid() ^ (uint32_t) ws_now_us();
@@ -1843,7 +1730,7 @@ main(int argc, char **argv)
         sessions = calloc(opt.sessions, sizeof(session_t));
 
         if (sessions == NULL) {
-            die("out of memory");
+            bench_die("out of memory");
         }
 
         for (i = 0; i < opt.conns; i++) {
@@ -1851,7 +1738,7 @@ main(int argc, char **argv)
             conns[i].slot_k = calloc(CHAT_SLOTS, sizeof(uint64_t));
 
             if (conns[i].slot_at == NULL || conns[i].slot_k == NULL) {
-                die("out of memory");
+                bench_die("out of memory");
             }
         }
     }
