@@ -547,7 +547,13 @@ ngx_collab_redis_ready(redisAsyncContext *ac, void *r, void *data)
     reply = r;
     link = ac->data;
 
-    if (link && link->timer.timer_set) {
+    /*
+     * the connect timer, while this is the link's connection: a context
+     * being freed after a failed connect calls this too, with the retry's
+     * backoff timer set already
+     */
+
+    if (link && link->ac == ac && link->timer.timer_set) {
         ngx_del_timer(&link->timer);
     }
 
