@@ -127,6 +127,10 @@ typedef struct {
 
 static void ngx_collab_ai_context_done(ngx_collab_pg_query_t *q,
     PGresult *res);
+static ngx_int_t ngx_collab_ai_read_ok(ngx_collab_ai_job_t *job,
+    PGresult *res);
+static void ngx_collab_ai_fail(ngx_collab_ai_job_t *job, const char *code,
+    const char *message);
 static ngx_int_t ngx_collab_ai_start(ngx_collab_ai_job_t *job,
     PGresult *res);
 static ngx_int_t ngx_collab_ai_start_image(ngx_collab_ai_job_t *job,
@@ -364,9 +368,8 @@ ready:
         /* a picture needs no history: the request goes out at once */
 
         if (ngx_collab_ai_start_image(job, body) != NGX_OK) {
-            ngx_collab_ai_error(room, seq, "UNAVAILABLE",
-                                "the assistant could not be reached");
-            ngx_collab_ai_free(job);
+            ngx_collab_ai_fail(job, "UNAVAILABLE",
+                               "the assistant could not be reached");
         }
 
         return;
@@ -389,9 +392,8 @@ ready:
     q->data = job;
 
     if (ngx_collab_pg_send(q) != NGX_OK) {
-        ngx_collab_ai_error(room, seq, "UNAVAILABLE",
-                            "the message store is unavailable");
-        ngx_collab_ai_free(job);
+        ngx_collab_ai_fail(job, "UNAVAILABLE",
+                           "the message store is unavailable");
     }
 
     return;
@@ -434,6 +436,33 @@ ngx_collab_ai_trigger_value(u_char *name, size_t len)
 }
 
 
+/*
+ * What a read made before the request found: NGX_OK, go on; otherwise the
+ * session has been told (the reply was cancelled meanwhile, or the read
+ * failed) and the job is gone.
+ */
+
+static ngx_int_t
+ngx_collab_ai_read_ok(ngx_collab_ai_job_t *job, PGresult *res)
+{
+    if (job->cancelled) {
+        /* cancelled before the provider was asked: nothing to store */
+        ngx_collab_ai_fail(job, "CANCELLED", "the reply was cancelled");
+        return NGX_DONE;
+    }
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, ngx_collab_ai_log)
+        != NGX_OK)
+    {
+        ngx_collab_ai_fail(job, "UNAVAILABLE",
+                           "the message store is unavailable");
+        return NGX_DONE;
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_collab_ai_context_done(ngx_collab_pg_query_t *q, PGresult *res)
 {
@@ -441,27 +470,13 @@ ngx_collab_ai_context_done(ngx_collab_pg_query_t *q, PGresult *res)
 
     job = q->data;
 
-    if (job->cancelled) {
-        /* cancelled before the provider was asked: nothing to store */
-        ngx_collab_ai_error(job->room, job->reply_to, "CANCELLED",
-                            "the reply was cancelled");
-        ngx_collab_ai_free(job);
-        return;
-    }
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, ngx_collab_ai_log)
-        != NGX_OK)
-    {
-        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
-                            "the message store is unavailable");
-        ngx_collab_ai_free(job);
+    if (ngx_collab_ai_read_ok(job, res) != NGX_OK) {
         return;
     }
 
     if (ngx_collab_ai_start(job, res) != NGX_OK) {
-        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
-                            "the assistant could not be reached");
-        ngx_collab_ai_free(job);
+        ngx_collab_ai_fail(job, "UNAVAILABLE",
+                           "the assistant could not be reached");
     }
 }
 
@@ -693,18 +708,16 @@ ngx_collab_ai_edit(ngx_collab_ai_job_t *job, ngx_str_t *body,
     q->data = job;
 
     if (ngx_collab_pg_send(q) != NGX_OK) {
-        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
-                            "the message store is unavailable");
-        ngx_collab_ai_free(job);
+        ngx_collab_ai_fail(job, "UNAVAILABLE",
+                           "the message store is unavailable");
     }
 
     return;
 
 unavailable:
 
-    ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
-                        "the assistant could not be reached");
-    ngx_collab_ai_free(job);
+    ngx_collab_ai_fail(job, "UNAVAILABLE",
+                       "the assistant could not be reached");
 }
 
 
@@ -717,20 +730,7 @@ ngx_collab_ai_edit_source_done(ngx_collab_pg_query_t *q, PGresult *res)
 
     job = q->data;
 
-    if (job->cancelled) {
-        /* cancelled before the provider was asked: nothing to store */
-        ngx_collab_ai_error(job->room, job->reply_to, "CANCELLED",
-                            "the reply was cancelled");
-        ngx_collab_ai_free(job);
-        return;
-    }
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, ngx_collab_ai_log)
-        != NGX_OK)
-    {
-        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
-                            "the message store is unavailable");
-        ngx_collab_ai_free(job);
+    if (ngx_collab_ai_read_ok(job, res) != NGX_OK) {
         return;
     }
 
@@ -743,17 +743,15 @@ ngx_collab_ai_edit_source_done(ngx_collab_pg_query_t *q, PGresult *res)
                                   PQgetlength(res, 0, col), &img)
            != 0)
     {
-        ngx_collab_ai_error(job->room, job->reply_to, "NO_IMAGE",
-                            "there is no picture in this session to "
-                            "start from: attach one");
-        ngx_collab_ai_free(job);
+        ngx_collab_ai_fail(job, "NO_IMAGE",
+                           "there is no picture in this session to start "
+                           "from: attach one");
         return;
     }
 
     if (ngx_collab_ai_start_edit(job, &img) != NGX_OK) {
-        ngx_collab_ai_error(job->room, job->reply_to, "UNAVAILABLE",
-                            "the assistant could not be reached");
-        ngx_collab_ai_free(job);
+        ngx_collab_ai_fail(job, "UNAVAILABLE",
+                           "the assistant could not be reached");
     }
 }
 
@@ -1558,6 +1556,17 @@ ngx_collab_ai_error(ngx_collab_room_t *room, int64_t reply_to,
                                         "replyTo", (json_int_t) reply_to,
                                         "code", code,
                                         "message", message));
+}
+
+
+/* the job ends before anything was stored: the session is told why */
+
+static void
+ngx_collab_ai_fail(ngx_collab_ai_job_t *job, const char *code,
+    const char *message)
+{
+    ngx_collab_ai_error(job->room, job->reply_to, code, message);
+    ngx_collab_ai_free(job);
 }
 
 
