@@ -15,7 +15,7 @@
 
 
 /* the schema version this module is built for (sql/migrate --version) */
-#define NGX_COLLAB_SCHEMA_VERSION  4
+#define NGX_COLLAB_SCHEMA_VERSION  5
 
 
 typedef struct ngx_collab_pg_query_s  ngx_collab_pg_query_t;

@@ -491,7 +491,8 @@ subtest 'constraints reject bad rows' => sub {
 
 subtest 'README statements exist' => sub {
     for my $name (qw(upsert_user create_session append_one append_batch
-                     messages_since history_before my_sessions))
+                     messages_since history_before my_sessions
+                     latest_image))
     {
         ok($ST->{$name}, "statement $name");
     }
@@ -694,6 +695,48 @@ subtest 'messages_since, history_before, my_sessions' => sub {
     is_deeply([map { $_->{slug} } @{ run_st($dbh, 'my_sessions', $bob, 1) }],
               [$sess{c}{slug}], 'limit');
     is_deeply(run_st($dbh, 'my_sessions', -1, 10), [], 'nobody: nothing');
+};
+
+
+subtest 'latest_image: the newest picture up to a seq, by its index' => sub {
+    my $r = run_st($dbh, 'create_session', 'pictures', 'image-to-image',
+                   $bob, undef, 0);
+    my $s = $r->[0]{id};
+
+    # 3,000 messages, pictures at 100 and 2,500 only
+    $dbh->do(q{INSERT INTO chat_messages (session_id, seq, user_id, kind,
+                                         body, metadata)
+               SELECT ?, g, ?, 'user', 'm' || g,
+                      CASE WHEN g IN (100, 2500)
+                           THEN jsonb_build_object('image',
+                                    'data:image/png;base64,AA' || g)
+                      END
+               FROM generate_series(1, 3000) g}, undef, $s, $bob);
+    $dbh->do('UPDATE chat_sessions SET last_seq = 3000 WHERE id = ?',
+             undef, $s);
+
+    my $pic = sub { [map { $_->{seq} } @{ run_st($dbh, 'latest_image',
+                                                 $s, $_[0]) }] };
+    is_deeply($pic->(3000), [2500], 'up to 3000: the one at 2500');
+    is_deeply($pic->(2500), [2500], 'up to 2500: itself');
+    is_deeply($pic->(2499), [100], 'up to 2499: the one at 100');
+    is_deeply($pic->(99), [], 'up to 99: none');
+    is(run_st($dbh, 'latest_image', $s, 3000)->[0]{image},
+       'data:image/png;base64,AA2500', 'the picture itself');
+
+    # as the module runs it: prepared, with the generic plan
+    $dbh->do('ANALYZE chat_messages');
+    $dbh->do('SET plan_cache_mode = force_generic_plan');
+    $dbh->do("PREPARE li (bigint, bigint) AS $ST->{latest_image}");
+    my $plan = join "\n", map { $_->[0] } @{ $dbh->selectall_arrayref(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE li($s, 2499)") };
+    $dbh->do('DEALLOCATE li');
+    $dbh->do('RESET plan_cache_mode');
+    like($plan, qr/chat_messages_image_idx/,
+         'the generic plan walks chat_messages_image_idx') or diag($plan);
+    unlike($plan, qr/Rows Removed by Filter: [1-9]/,
+           'and passes over none of the 2,398 messages without a picture'
+           . ' in between') or diag($plan);
 };
 
 
