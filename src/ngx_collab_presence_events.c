@@ -257,9 +257,9 @@ ngx_collab_presence_typing_event(ngx_collab_room_t *room,
  * serialization serves every join until the room's next tick, at most
  * collab_presence_batch: what changed since it was made comes in that
  * tick's "presence" event, which the joiner receives as a member (an
- * entry repeated there is harmless, events carry state, not deltas).  Otherwise a join storm of n users
- * builds O(n^2) JSON: 5,000 joins took 55 s.  Small sessions get the
- * zone as it is at their join.
+ * entry repeated there is harmless, events carry state, not deltas).
+ * Otherwise a join storm of n users builds O(n^2) JSON: 5,000 joins took
+ * 55 s.  Small sessions get the zone as it is at their join.
  */
 
 ngx_str_t *
