@@ -33,38 +33,13 @@ use Mojo::JSON qw(decode_json);
 use Collab::Test;
 use Collab::Chat;
 use Collab::MockAI;
-use Collab::AITest qw(write_key say_);
+use Collab::AITest qw(write_key say_ ai_events ops);
 
 
 # --- helpers ---------------------------------------------------------------
 
 my $KEY = 'sk-mock-094-'
     . join('', map { sprintf '%02x', int rand 256 } 1 .. 8);
-
-# the events of the assistant about $reply_to, in arrival order, up to
-# the one that ends it (the ai message or an ai_error)
-sub ai_events {
-    my ($c, $reply_to, $timeout) = @_;
-    my @e;
-    my $end = time + ($timeout // 15);
-    while (time < $end) {
-        my $e = $c->take(sub {
-            my $r = $_->{op} eq 'message'
-                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
-                  ? $_->{metadata}{replyTo} : undef
-                : $_->{op} =~ /^ai_/ ? $_->{replyTo}
-                : undef;
-            defined $r && $r == $reply_to;
-        }, $end - time) or last;
-        push @e, $e;
-        last if $e->{op} ne 'ai_progress' && $e->{op} ne 'ai_delta';
-    }
-    return @e;
-}
-
-sub ops { join ' ', map { $_->{op} eq 'ai_error' ? "ai_error:$_->{code}"
-                          : $_->{op} } @_ }
-
 
 # --- one server, mention (the default) ----------------------------------------
 

@@ -92,6 +92,21 @@ CONF
 }
 
 
+# a take() filter: the events about the reply to $reply_to, the final
+# "message" of kind ai and the ops matching $ops
+sub about {
+    my ($reply_to, $ops) = @_;
+    return sub {
+        my $r = $_->{op} eq 'message'
+            ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
+              ? $_->{metadata}{replyTo} : undef
+            : $_->{op} =~ $ops ? $_->{replyTo}
+            : undef;
+        defined $r && $r == $reply_to;
+    };
+}
+
+
 # the ai_delta events of the reply to $reply_to, in arrival order, and the
 # event that ended it: the "message" of kind ai, or an ai_error
 sub ai_reply {
@@ -99,14 +114,8 @@ sub ai_reply {
     my (@d, $final);
     my $end = time + ($timeout // 15);
     while (time < $end) {
-        my $e = $c->take(sub {
-            my $r = $_->{op} eq 'message'
-                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
-                  ? $_->{metadata}{replyTo} : undef
-                : $_->{op} =~ /^ai_(?:delta|error)$/ ? $_->{replyTo}
-                : undef;
-            defined $r && $r == $reply_to;
-        }, $end - time) or last;
+        my $e = $c->take(about($reply_to, qr/^ai_(?:delta|error)$/),
+                         $end - time) or last;
         if ($e->{op} eq 'ai_delta') {
             push @d, $e;
             next;
@@ -171,19 +180,14 @@ sub reply_to_of {
 }
 
 
+# every event about the reply to $reply_to, ai_progress included, up to the
+# one that ends it (the ai message or an ai_error)
 sub ai_events {
     my ($c, $reply_to, $timeout) = @_;
     my @e;
     my $end = time + ($timeout // 15);
     while (time < $end) {
-        my $e = $c->take(sub {
-            my $r = $_->{op} eq 'message'
-                ? ($_->{kind} // '') eq 'ai' && ref $_->{metadata} eq 'HASH'
-                  ? $_->{metadata}{replyTo} : undef
-                : $_->{op} =~ /^ai_/ ? $_->{replyTo}
-                : undef;
-            defined $r && $r == $reply_to;
-        }, $end - time) or last;
+        my $e = $c->take(about($reply_to, qr/^ai_/), $end - time) or last;
         push @e, $e;
         last if $e->{op} ne 'ai_progress' && $e->{op} ne 'ai_delta';
     }
