@@ -33,7 +33,7 @@ use Mojo::JSON qw(decode_json);
 use Collab::Test;
 use Collab::Chat;
 use Collab::MockAI;
-use Collab::AITest qw(write_key say_ ai_events ops);
+use Collab::AITest qw(write_key ai_conf say_ ai_events ops);
 
 
 # --- helpers ---------------------------------------------------------------
@@ -49,27 +49,8 @@ $t->start_pg;
 write_key($t, $KEY);
 
 my $mock = Collab::MockAI->start(dir => $t->dir);
-my $endpoint = $mock->endpoint;
 
-$t->start_nginx(<<"CONF");
-    collab_postgres "%%PG_DSN%%" pool=2 timeout=10s;
-    collab_batch_window 2ms;
-    collab_ai_endpoint    $endpoint;
-    collab_ai_key_file    %%TESTDIR%%/ai.key;
-    collab_ai_model       mock/model-1;
-    collab_ai_image_model mock/image-1;
-    collab_ai_timeout     3s;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-
-        location /chat {
-            collab_websocket;
-            collab_user \$http_x_user_id;
-            collab_user_name \$http_x_user_name;
-        }
-    }
-CONF
+$t->start_nginx(ai_conf($mock, timeout => '3s'));
 
 my $dbh = $t->pg_dbh;
 

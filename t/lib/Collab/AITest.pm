@@ -65,9 +65,16 @@ sub write_key {
 }
 
 
+# the http{} block of an nginx with the assistant on $mock: timeout =>
+# collab_ai_timeout, port => the %%PORTn%% suffix ('' for %%PORT%%), and
+# optional extra => http-level lines, chat => lines in location /chat,
+# locations => more location blocks, endpoint => another provider URL
 sub ai_conf {
     my ($mock, %o) = @_;
     my $extra = $o{extra} // '';
+    my $chat = $o{chat} // '';
+    my $locations = $o{locations} // '';
+    my $port = $o{port} // '';
     my $endpoint = $o{endpoint} // $mock->endpoint;
     return <<"CONF";
     collab_postgres "%%PG_DSN%%" pool=2 timeout=10s;
@@ -78,15 +85,18 @@ sub ai_conf {
     collab_ai_timeout    $o{timeout};
     collab_ai_max_tokens 300;
     collab_ai_context    5;
+    collab_ai_image_model mock/image-1;
 $extra
     server {
-        listen 127.0.0.1:%%PORT$o{port}%%;
+        listen 127.0.0.1:%%PORT$port%%;
 
         location /chat {
             collab_websocket;
             collab_user \$http_x_user_id;
             collab_user_name \$http_x_user_name;
+$chat
         }
+$locations
     }
 CONF
 }
