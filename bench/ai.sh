@@ -83,142 +83,39 @@ AI_NICE=${AI_NICE:-19}
 SPREAD=${SPREAD:-$(awk -v c="$CHUNKS" -v i="$INTERVAL" \
                        'BEGIN { print c * i / 1000 }')}
 
-if [ ! -f "$MODULE" ]; then
-    echo "ai.sh: $MODULE is missing: run 'make build' first" >&2
-    exit 2
-fi
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+bench_name=ai.sh    # for its messages
 
-MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
+bench_tmp ai
+bench_module
 
 make -s -C "$here" wsload aimock aidrive
 wsload=$here/wsload
 
-tmp=$(mktemp -d /tmp/collab-ai.XXXXXX)
-chmod 755 "$tmp"
-nginx_pid=
-pg_started=0
 mock_pid=
 drive_pid=
-redis_pid=
-wsload_pid=
 
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_pg=(runuser -u postgres --)
-fi
-
-# stop_pid PID: TERM, then KILL after 5 s
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ -z "$wsload_pid" ] || stop_pid "$wsload_pid"
-    [ -z "$drive_pid" ] || stop_pid "$drive_pid"
-    if [ -n "$nginx_pid" ] && kill -0 "$nginx_pid" 2>/dev/null; then
-        kill -QUIT "$nginx_pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$nginx_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$nginx_pid" 2>/dev/null || true
-    fi
-    [ -z "$mock_pid" ] || stop_pid "$mock_pid"
-    [ -z "$redis_pid" ] || kill "$redis_pid" 2>/dev/null || true
-    if [ "$pg_started" -eq 1 ]; then
-        "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -m immediate -w stop \
-            >/dev/null 2>&1 || true
-    fi
-    if [ -n "${KEEP:-}" ]; then
-        mkdir -p "$KEEP"
-        cp -r "$tmp"/nginx "$tmp"/run-* "$tmp"/*.log "$KEEP"/ \
-            2>/dev/null || true
-    fi
-    if [ "$rc" -ne 0 ]; then
-        for f in "$tmp/nginx/error.log" "$tmp/pg.log" "$tmp/mock.log"; do
-            [ -s "$f" ] || continue
-            echo "--- tail of $f" >&2
-            tail -n 20 "$f" >&2
-        done
-    fi
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 10000))
-        if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "ai.sh: no free port" >&2
-    exit 2
-}
-
-# wait_for FILE PATTERN SECONDS: until a line of FILE matches
-wait_for() {
-    for _ in $(seq $(($3 * 10))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
+# KEEP gets the logs; on failure, the ends of them
+# shellcheck disable=SC2317  # called by bench_cleanup
+bench_on_exit() {
+    bench_keep "$tmp"/nginx "$tmp"/run-* "$tmp"/*.log
+    [ "$1" -eq 0 ] || bench_tail_logs 20 "$tmp/nginx/error.log" \
+        "$tmp/pg.log" "$tmp/mock.log"
 }
 
 # --- PostgreSQL --------------------------------------------------------
 
-pg_port=$(free_port)
-mkdir -p "$tmp/pg" "$tmp/pgsock"
-chmod 700 "$tmp/pg"
-if [ ${#as_pg[@]} -gt 0 ]; then
-    chown postgres: "$tmp/pg" "$tmp/pgsock"
-fi
-
-"${as_pg[@]}" "$PG_BIN/initdb" -D "$tmp/pg" -U postgres -A trust -E UTF8 \
-    --locale=C.UTF-8 > "$tmp/initdb.log" 2>&1 \
-    || { cat "$tmp/initdb.log" >&2; exit 1; }
-
-touch "$tmp/pg.log"
-[ ${#as_pg[@]} -eq 0 ] || chown postgres: "$tmp/pg.log"
-
-"${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -w -l "$tmp/pg.log" \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $tmp/pgsock" \
-    -o "-c max_connections=100 -c shared_buffers=256MB" \
-    -o "-c autovacuum=off" start > /dev/null
-pg_started=1
-
-psql=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
-"${psql[@]}" -d postgres -c "CREATE DATABASE collab" > /dev/null
-dsn="host=127.0.0.1 port=$pg_port dbname=collab user=postgres"
-"$root/sql/migrate" "$dsn" > "$tmp/migrate.log"
+pg_start "$tmp/pg" "$(free_port)" -c max_connections=100 \
+    -c shared_buffers=256MB -c autovacuum=off
+dsn=$pg_dsn
 
 # the relay between the workers (ai_delta events go through it too), as
 # the README asks for with more than one worker
 redis_line=
 if [ "$REDIS" = 1 ]; then
     redis_port=$(free_port)
-    mkdir -p "$tmp/redis"
-    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp/redis" \
-        --daemonize yes --pidfile "$tmp/redis/redis.pid" \
-        --logfile "$tmp/redis/redis.log" --save '' --appendonly no
-    for _ in $(seq 100); do
-        [ -s "$tmp/redis/redis.pid" ] && break
-        sleep 0.05
-    done
-    redis_pid=$(cat "$tmp/redis/redis.pid")
+    redis_start "$redis_port" "$tmp/redis.log"
     redis_line="collab_redis     127.0.0.1:$redis_port;"
 fi
 
@@ -228,6 +125,7 @@ mock_port=$(free_port)
 nice -n "$AI_NICE" "$here/aimock" "$mock_port" "$CHUNKS" "$INTERVAL" \
     > "$tmp/mock.log" 2>&1 &
 mock_pid=$!
+bench_track "$mock_pid"
 wait_for "$tmp/mock.log" '^listening' 20 \
     || { echo "ai.sh: the mock provider did not start" >&2; exit 1; }
 
@@ -284,13 +182,7 @@ http {
 }
 CONF
 
-"$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-for _ in $(seq 100); do
-    [ -s "$dir/nginx.pid" ] && break
-    sleep 0.1
-done
-[ -s "$dir/nginx.pid" ] || { echo "ai.sh: nginx did not start" >&2; exit 1; }
-nginx_pid=$(cat "$dir/nginx.pid")
+nginx_start "$dir"
 sleep 0.5
 
 url=ws://127.0.0.1:$port/ws
@@ -306,16 +198,6 @@ mark_of() {
 field() {
     awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }' \
         <<< "$1"
-}
-
-# cpu PID...: the CPU seconds (user + system) the processes used so far
-cpu() {
-    local p
-    for p in "$@"; do
-        awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" \
-            2>/dev/null || true
-    done | awk -v hz="$(getconf CLK_TCK)" '{ t += $1 }
-                                          END { printf "%.2f", t / hz }'
 }
 
 # the nginx workers and the PostgreSQL backends (children of the master
@@ -338,6 +220,7 @@ run() {
         nice -n "$AI_NICE" "$here/aidrive" "$url" "$STREAMS" "$SPREAD" \
             > "$rdir/drive.out" 2> "$rdir/drive.err" &
         drive_pid=$!
+        bench_track "$drive_pid"
         if ! wait_for "$rdir/drive.out" '^streaming' 60; then
             echo "ai.sh: the AI driver did not start:" >&2
             cat "$rdir/drive.err" >&2
@@ -350,19 +233,20 @@ run() {
     local np pp ai ng0 pg0 ai0
     np=$(nginx_procs) pp=$(pg_procs) ai="$mock_pid ${drive_pid:-}"
     # shellcheck disable=SC2086
-    ng0=$(cpu $np) pg0=$(cpu $pp) ai0=$(cpu $ai)
+    ng0=$(cpu_secs $np) pg0=$(cpu_secs $pp) ai0=$(cpu_secs $ai)
 
     # in the background: "wait" lets a signal's trap run at once
     "$wsload" --mode chat --url "$url" --conns "$CONNS" \
         --sessions "$SESSIONS" --rate "$RATE" --duration "$DUR" \
         > "$rdir/wsload.out" 2>&1 &
     wsload_pid=$!
+    bench_track "$wsload_pid"
     wait "$wsload_pid" || rc=$?
-    wsload_pid=
+    bench_untrack pid "$wsload_pid"
 
     # shellcheck disable=SC2086
-    res[$phase,$round,cpu]="$(cpu_diff "$ng0" "$(cpu $np)") / $(cpu_diff \
-        "$pg0" "$(cpu $pp)") / $(cpu_diff "$ai0" "$(cpu $ai)") / $(awk \
+    res[$phase,$round,cpu]="$(cpu_diff "$ng0" "$(cpu_secs $np)") / $(cpu_diff \
+        "$pg0" "$(cpu_secs $pp)") / $(cpu_diff "$ai0" "$(cpu_secs $ai)") / $(awk \
         '$1 == "wsload" && $2 == "cpu" { printf "%.1f", $3 }' \
         "$rdir/wsload.out")"
 

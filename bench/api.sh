@@ -54,98 +54,32 @@ for tool in wrk curl jq psql; do
         || { echo "api.sh: $tool is missing" >&2; exit 2; }
 done
 
-if [ ! -f "$MODULE" ]; then
-    echo "api.sh: $MODULE is missing: run 'make build' first" >&2
-    exit 2
-fi
-
 if [ "$SEED" -lt "$LIMIT" ]; then
     echo "api.sh: SEED ($SEED) must be at least LIMIT ($LIMIT)" >&2
     exit 2
 fi
 
-MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+bench_name=api.sh    # for its messages
 
-tmp=$(mktemp -d /tmp/collab-api.XXXXXX)
-chmod 755 "$tmp"
-nginx_pid=
-pg_started=0
+bench_tmp api
+bench_module
 
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_pg=(runuser -u postgres --)
-fi
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [ -n "$nginx_pid" ] && kill -0 "$nginx_pid" 2>/dev/null; then
-        kill -QUIT "$nginx_pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$nginx_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$nginx_pid" 2>/dev/null || true
-    fi
-    if [ "$pg_started" -eq 1 ]; then
-        "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -m immediate -w stop \
-            >/dev/null 2>&1 || true
-    fi
-    if [ "$rc" -ne 0 ]; then
-        for f in "$tmp/nginx/error.log" "$tmp/pg.log"; do
-            [ -s "$f" ] || continue
-            echo "--- tail of $f" >&2
-            tail -n 20 "$f" >&2
-        done
-    fi
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 10000))
-        if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "api.sh: no free port" >&2
-    exit 2
+# on failure, the ends of the logs
+# shellcheck disable=SC2317  # called by bench_cleanup
+bench_on_exit() {
+    [ "$1" -eq 0 ] || bench_tail_logs 20 "$tmp/nginx/error.log" "$tmp/pg.log"
 }
 
 # --- PostgreSQL --------------------------------------------------------
 
-pg_port=$(free_port)
-mkdir -p "$tmp/pg" "$tmp/pgsock"
-chmod 700 "$tmp/pg"
-if [ ${#as_pg[@]} -gt 0 ]; then
-    chown postgres: "$tmp/pg" "$tmp/pgsock"
-fi
-
-"${as_pg[@]}" "$PG_BIN/initdb" -D "$tmp/pg" -U postgres -A trust -E UTF8 \
-    --locale=C.UTF-8 > "$tmp/initdb.log" 2>&1 \
-    || { cat "$tmp/initdb.log" >&2; exit 1; }
-
-touch "$tmp/pg.log"
-[ ${#as_pg[@]} -eq 0 ] || chown postgres: "$tmp/pg.log"
-
 # the defaults (fsync, synchronous_commit on: an acked message is durable)
-"${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -w -l "$tmp/pg.log" \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $tmp/pgsock" \
-    -o "-c max_connections=100 -c shared_buffers=256MB" \
-    -o "-c autovacuum=off" start > /dev/null
-pg_started=1
-
-psql=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
-"${psql[@]}" -d postgres -c "CREATE DATABASE collab" > /dev/null
-dsn="host=127.0.0.1 port=$pg_port dbname=collab user=postgres"
-"$root/sql/migrate" "$dsn" > "$tmp/migrate.log"
+pg_start "$tmp/pg" "$(free_port)" -c max_connections=100 \
+    -c shared_buffers=256MB -c autovacuum=off
+dsn=$pg_dsn
 sql() {
-    "${psql[@]}" -d collab -tAF ' ' -c "$1"
+    "${pg_psql[@]}" -d collab -tAF ' ' -c "$1"
 }
 
 # --- nginx ---------------------------------------------------------------
@@ -200,12 +134,7 @@ http {
 }
 EOF
 
-"$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-for _ in $(seq 100); do
-    [ -s "$dir/nginx.pid" ] && break
-    sleep 0.1
-done
-nginx_pid=$(cat "$dir/nginx.pid")
+nginx_start "$dir"
 
 api=http://127.0.0.1:$port/collab/api
 for _ in $(seq 100); do
@@ -285,7 +214,7 @@ run_wrk() {
         out=$tmp/wrk-$name-$rep.txt
         wrk -t "$THREADS" -c "$CONNS" -d "${DUR}s" --latency "$@" "$url" \
             > "$out"
-        [ -z "$KEEP" ] || { mkdir -p "$KEEP"; cp "$out" "$KEEP/"; }
+        bench_keep "$out"
         if grep -q -e 'Non-2xx' -e 'Socket errors' "$out"; then
             echo "api.sh: $name: errors" >&2
             cat "$out" >&2

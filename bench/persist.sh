@@ -51,105 +51,40 @@ SCEN=${SCEN:-one many rate rate1}
 WINDOW_A=${WINDOW_A:-2ms}
 WINDOW_B=${WINDOW_B:-0}
 
-if [ ! -f "$MODULE" ]; then
-    echo "persist.sh: $MODULE is missing: run 'make build' first" >&2
-    exit 2
-fi
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+bench_name=persist.sh    # for its messages
 
-MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
+bench_tmp persist
+bench_module
 
 make -s -C "$here" wsload
 wsload=$here/wsload
 
-tmp=$(mktemp -d /tmp/collab-persist.XXXXXX)
-chmod 755 "$tmp"
-nginx_pids=()
-pg_started=0
-
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_pg=(runuser -u postgres --)
-fi
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${nginx_pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -QUIT "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done
-    if [ "$pg_started" -eq 1 ]; then
-        "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -m immediate -w stop \
-            >/dev/null 2>&1 || true
-    fi
-    if [ "$rc" -ne 0 ]; then
-        for f in "$tmp"/nginx-*/error.log "$tmp/pg.log"; do
-            [ -s "$f" ] || continue
-            echo "--- tail of $f" >&2
-            tail -n 20 "$f" >&2
-        done
-    fi
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 10000))
-        if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "persist.sh: no free port" >&2
-    exit 2
+# on failure, the ends of the logs
+# shellcheck disable=SC2317  # called by bench_cleanup
+bench_on_exit() {
+    [ "$1" -eq 0 ] || bench_tail_logs 20 "$tmp"/nginx-*/error.log "$tmp/pg.log"
 }
 
 # --- PostgreSQL --------------------------------------------------------
 
-pg_port=$(free_port)
-mkdir -p "$tmp/pg" "$tmp/pgsock"
-chmod 700 "$tmp/pg"
-if [ ${#as_pg[@]} -gt 0 ]; then
-    chown postgres: "$tmp/pg" "$tmp/pgsock"
-fi
-
-"${as_pg[@]}" "$PG_BIN/initdb" -D "$tmp/pg" -U postgres -A trust -E UTF8 \
-    --locale=C.UTF-8 > "$tmp/initdb.log" 2>&1 \
-    || { cat "$tmp/initdb.log" >&2; exit 1; }
-
-touch "$tmp/pg.log"
-[ ${#as_pg[@]} -eq 0 ] || chown postgres: "$tmp/pg.log"
-
 # the defaults (fsync, synchronous_commit on: a message acked is durable),
 # room for the clients, and no autovacuum run landing in one run only
-"${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -w -l "$tmp/pg.log" \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $tmp/pgsock" \
-    -o "-c max_connections=100 -c shared_buffers=256MB" \
-    -o "-c autovacuum=off" start > /dev/null
-pg_started=1
-
-psql=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
-"${psql[@]}" -d postgres -c "CREATE DATABASE collab" > /dev/null
-dsn="host=127.0.0.1 port=$pg_port dbname=collab user=postgres"
-"$root/sql/migrate" "$dsn" > "$tmp/migrate.log"
+pg_port=$(free_port)
+pg_start "$tmp/pg" "$pg_port" -c max_connections=100 \
+    -c shared_buffers=256MB -c autovacuum=off
+dsn=$pg_dsn
 sql() {
-    "${psql[@]}" -d collab -tAF ' ' -c "$1"
+    "${pg_psql[@]}" -d collab -tAF ' ' -c "$1"
 }
 
 # --- nginx A and B -----------------------------------------------------
 
+nginx_pids=()
+
 start_nginx() {
-    local name=$1 window=$2 port=$3 dir=$tmp/nginx-$1 pid
+    local name=$1 window=$2 port=$3 dir=$tmp/nginx-$1
     mkdir -p "$dir/tmp"
     cat > "$dir/nginx.conf" <<EOF
 load_module $MODULE;
@@ -186,19 +121,13 @@ http {
     }
 }
 EOF
-    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-    for _ in $(seq 100); do
-        [ -s "$dir/nginx.pid" ] && break
-        sleep 0.1
-    done
-    pid=$(cat "$dir/nginx.pid")
-    nginx_pids+=("$pid")
+    nginx_start "$dir"
+    nginx_pids+=("$nginx_pid")
 }
 
 port_a=$(free_port)
 start_nginx A "$WINDOW_A" "$port_a"
 port_b=$(free_port)
-while [ "$port_b" = "$port_a" ]; do port_b=$(free_port); done
 start_nginx B "$WINDOW_B" "$port_b"
 sleep 0.5
 
@@ -246,32 +175,23 @@ field() {       # field FILE "label" N-from-end
     awk -v k="$2" -v n="$3" 'index($0, k) == 1 { print $(NF - n); exit }' "$1"
 }
 
-clk_tck=$(getconf CLK_TCK)
-
-# CPU ticks (user + sys, with reaped children) of the given processes
-cpu_ticks() {
-    local p
-    for p in "$@"; do
-        awk '{ print $14 + $15 + $16 + $17 }' "/proc/$p/stat" 2>/dev/null \
-            || true
-    done | awk '{ s += $1 } END { print s + 0 }'
-}
-
+# CPU seconds (user + sys, with reaped children) of the PostgreSQL
+# processes and of the nginx workers
 pg_cpu() {
     local pm
     pm=$(head -n 1 "$tmp/pg/postmaster.pid")
-    cpu_ticks "$pm" $(pgrep -P "$pm" || true)
+    cpu_secs -c "$pm" $(pgrep -P "$pm" || true)
 }
 
 nginx_cpu() {
     local m
-    cpu_ticks $(for m in "${nginx_pids[@]}"; do pgrep -P "$m" || true; done)
+    cpu_secs -c $(for m in "${nginx_pids[@]}"; do pgrep -P "$m" || true; done)
 }
 
-# microseconds of CPU per message: ticks $1, messages $2
+# microseconds of CPU per message: seconds $2 - $1, messages $3
 us_per() {
-    awk -v t="$1" -v n="$2" -v hz="$clk_tck" \
-        'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "?" }'
+    awk -v a="$1" -v b="$2" -v n="$3" \
+        'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1e6 / n; else print "?" }'
 }
 
 run_id=0
@@ -296,10 +216,9 @@ ws_run() {
     wcpu=$(field "$out" "wsload cpu" 5)
     chk=$(check_rows "$since" "${acked:-0}" "$scen $sys")
     [ "$chk" != FAILED ] || failed=1
-    cpu_ng=$(us_per $((ng1 - ng0)) "${acked:-0}")
-    cpu_pg=$(us_per $((pg1 - pg0)) "${acked:-0}")
-    cpu_ws=$(us_per "$(awk -v c="${wcpu:-0}" -v hz="$clk_tck" \
-                       'BEGIN { printf "%d", c * hz }')" "${acked:-0}")
+    cpu_ng=$(us_per "$ng0" "$ng1" "${acked:-0}")
+    cpu_pg=$(us_per "$pg0" "$pg1" "${acked:-0}")
+    cpu_ws=$(us_per 0 "${wcpu:-0}" "${acked:-0}")
     per_tx=${chk#ok }
     rate=$(field "$out" "acks/s" 0)
     p50=$(field "$out" "latency p50" 1)
@@ -367,7 +286,7 @@ pg_run() {
     clients=$((WORKERS * POOL))
     rc=0
     pg0=$(pg_cpu)
-    "${as_pg[@]}" "$PG_BIN/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres \
+    as_pg "$PG_BIN/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres \
         -n -M prepared -c "$clients" -j "$WORKERS" -T "$DUR" \
         -D lo="$lo" -D hi="$hi" -f "$tmp/append_one.sql" collab \
         > "$out" 2>&1 || rc=$?
@@ -378,7 +297,7 @@ pg_run() {
     pg1=$(pg_cpu)
     chk=$(check_rows "$since" "${done_tx:-0}" "$scen pgbench")
     [ "$chk" != FAILED ] || failed=1
-    cpu_pg=$(us_per $((pg1 - pg0)) "${done_tx:-0}")
+    cpu_pg=$(us_per "$pg0" "$pg1" "${done_tx:-0}")
     if [ "$rc" -ne 0 ]; then
         echo "persist.sh: $scen pgbench failed ($rc):" >&2
         sed 's/^/    /' "$out" >&2
@@ -509,10 +428,7 @@ echo "Row checks: $([ "$failed" -eq 0 ] && echo "all passed" || echo FAILED)" \
      "(chat_messages = acked count, seqs 1..N per session, no gap)." \
      "Total time $((t_end - t_begin)) s."
 
-if [ -n "${KEEP:-}" ]; then
-    mkdir -p "$KEEP"
-    cp "$tmp"/out/* "$KEEP"/
-fi
+bench_keep "$tmp"/out/*
 
 if grep -q -E '\[(alert|crit|emerg)\]|Sanitizer' "$tmp"/nginx-*/error.log; then
     echo "persist.sh: nginx logged alerts:" >&2

@@ -41,75 +41,19 @@ DUR=${DUR:-10}
 WARMUP=${WARMUP:-1}
 REPS=${REPS:-2}
 
-tmp=$(mktemp -d /tmp/collab-relay.XXXXXX)
-chmod 755 "$tmp"
-nginx_pid=
-pg_started=0
-redis_pid=
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+bench_name=relay.sh    # for its messages
 
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_pg=(runuser -u postgres --)
-fi
+bench_tmp relay
+bench_module
 
-stop_nginx() {
-    local pid=$nginx_pid
-    nginx_pid=
-    [ -n "$pid" ] || return 0
-    kill -QUIT "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
+# KEEP gets the runs' logs; on failure, the ends of them
+# shellcheck disable=SC2317  # called by bench_cleanup
+bench_on_exit() {
+    bench_keep "$tmp"/run-*
+    [ "$1" -eq 0 ] || bench_tail_logs 20 "$tmp"/run-*/error.log "$tmp/pg.log"
 }
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_nginx
-    if [ -s "$tmp/nginx.running" ]; then
-        nginx_pid=$(cat "$tmp/nginx.running")
-        stop_nginx
-    fi
-    if [ -n "$redis_pid" ]; then
-        kill "$redis_pid" 2>/dev/null || true
-    fi
-    if [ "$pg_started" -eq 1 ]; then
-        "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -m immediate -w stop \
-            >/dev/null 2>&1 || true
-    fi
-    if [ -n "${KEEP:-}" ]; then
-        mkdir -p "$KEEP"
-        cp -r "$tmp"/run-* "$KEEP"/ 2>/dev/null || true
-    fi
-    if [ "$rc" -ne 0 ]; then
-        for f in "$tmp"/run-*/error.log "$tmp/pg.log"; do
-            [ -s "$f" ] || continue
-            echo "--- tail of $f" >&2
-            tail -n 20 "$f" >&2
-        done
-    fi
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 10000))
-        if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "relay.sh: no free port" >&2
-    exit 2
-}
-
-[ -f "$MODULE" ] || { echo "relay.sh: no $MODULE (make build)" >&2; exit 2; }
 
 # --- the client ----------------------------------------------------------
 
@@ -571,36 +515,11 @@ cc -O2 -Wall -o "$tmp/relayc" "$tmp/relayc.c"
 
 # --- PostgreSQL and Redis --------------------------------------------------
 
-pg_port=$(free_port)
-mkdir -p "$tmp/pg" "$tmp/pgsock"
-chmod 700 "$tmp/pg"
-if [ ${#as_pg[@]} -gt 0 ]; then
-    chown postgres: "$tmp/pg" "$tmp/pgsock"
-fi
-"${as_pg[@]}" "$PG_BIN/initdb" -D "$tmp/pg" -U postgres -A trust -E UTF8 \
-    --locale=C.UTF-8 > "$tmp/initdb.log" 2>&1 \
-    || { cat "$tmp/initdb.log" >&2; exit 1; }
-touch "$tmp/pg.log"
-[ ${#as_pg[@]} -eq 0 ] || chown postgres: "$tmp/pg.log"
-"${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$tmp/pg" -w -l "$tmp/pg.log" \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $tmp/pgsock" \
-    -o "-c max_connections=100 -c autovacuum=off" start > /dev/null
-pg_started=1
-psql=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
-"${psql[@]}" -d postgres -c "CREATE DATABASE collab" > /dev/null
-dsn="host=127.0.0.1 port=$pg_port dbname=collab user=postgres"
-"$root/sql/migrate" "$dsn" > "$tmp/migrate.log"
+pg_start "$tmp/pg" "$(free_port)" -c max_connections=100 -c autovacuum=off
+dsn=$pg_dsn
 
 redis_port=$(free_port)
-mkdir -p "$tmp/redis"
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp/redis" \
-    --daemonize yes --pidfile "$tmp/redis/redis.pid" \
-    --logfile "$tmp/redis/redis.log" --save '' --appendonly no
-for _ in $(seq 100); do
-    [ -s "$tmp/redis/redis.pid" ] && break
-    sleep 0.05
-done
-redis_pid=$(cat "$tmp/redis/redis.pid")
+redis_start "$redis_port" "$tmp/redis.log"
 
 # --- one run ---------------------------------------------------------------
 
@@ -646,13 +565,7 @@ http {
     }
 }
 CONF
-    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-    for _ in $(seq 100); do
-        [ -s "$dir/nginx.pid" ] && break
-        sleep 0.1
-    done
-    nginx_pid=$(cat "$dir/nginx.pid")
-    echo "$nginx_pid" > "$tmp/nginx.running"
+    nginx_start "$dir"
     sleep 0.5
 
     # which worker holds how many connections, sampled during the run
@@ -662,11 +575,11 @@ CONF
     local rc=0
     "$tmp/relayc" "$port" "$CONNS" "$RATE" "$DUR" "$WARMUP" \
         > "$dir/client.out" 2> "$dir/client.err" || rc=$?
-    wait
+    wait "$!"
     echo "per_worker $(grep -o 'pid=[0-9]*' "$dir/ss.out" | sort | uniq -c |
                        awk '{ printf "%s%s", s, $1; s = "+" }')" \
         >> "$dir/client.out"
-    stop_nginx
+    nginx_stop "$nginx_pid"
     if [ "$rc" -ne 0 ]; then
         echo "relay.sh: $name run failed:" >&2
         cat "$dir/client.out" "$dir/client.err" >&2
