@@ -16,8 +16,8 @@
 #
 # The idle run goes first so that its "before" is a fresh worker.  Client
 # and server share the machine, so round-trips/s is a lower bound.  nginx
-# is stopped on exit, also on failure or ^C.  Exit status 1 when a run
-# reported errors.
+# (and a wsload still running) is stopped on exit, also on failure or ^C.
+# Exit status 1 when a run reported errors.
 
 set -euo pipefail
 
@@ -34,61 +34,36 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_HOLD=${IDLE_HOLD:-10}
 SRC_IPS=${SRC_IPS:-4}
 
-if [ ! -f "$MODULE" ]; then
-    echo "echo.sh: $MODULE is missing: run 'make build' first" >&2
-    exit 2
-fi
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+bench_name=echo.sh    # for its messages
 
-MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
+bench_module
 
 make -s -C "$here" wsload
 wsload=$here/wsload
 
 # file descriptors: 10000 connections on each side; without
 # CAP_SYS_RESOURCE the hard limit is the ceiling, for nginx as well
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-nofile=$(ulimit -n)
-[ "$nofile" = unlimited ] && nofile=65536
-[ "$nofile" -gt 65536 ] && nofile=65536
+bench_nofile
 if [ "$nofile" -lt $((IDLE_CONNS + 100)) ]; then
     echo "echo.sh: ulimit -n is $nofile, $IDLE_CONNS connections need more" >&2
     exit 2
 fi
 
-tmp=$(mktemp -d /tmp/collab-bench.XXXXXX)
-chmod 755 "$tmp"
-nginx_pid=
+bench_tmp bench
 
-cleanup() {
-    local rc=$?
-    if [ -n "$nginx_pid" ] && kill -0 "$nginx_pid" 2>/dev/null; then
-        kill -QUIT "$nginx_pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$nginx_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$nginx_pid" 2>/dev/null || true
-    fi
-    if [ "$rc" -ne 0 ] && [ -s "$tmp/error.log" ]; then
+# on failure, the end of nginx's log
+# shellcheck disable=SC2317  # called by bench_cleanup
+bench_on_exit() {
+    if [ "$1" -ne 0 ] && [ -s "$tmp/error.log" ]; then
         echo "--- tail of nginx error.log" >&2
         tail -n 20 "$tmp/error.log" >&2
     fi
-    rm -rf "$tmp"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # a free port below the ephemeral range, so clients cannot take it
-port=
-for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 10000))
-    if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
-        port=$p
-        break
-    fi
-done
-[ -n "$port" ] || { echo "echo.sh: no free port" >&2; exit 2; }
+port=$(free_port)
 
 mkdir -p "$tmp/tmp"
 cat > "$tmp/nginx.conf" <<EOF
@@ -127,13 +102,7 @@ http {
 }
 EOF
 
-"$NGINX" -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/error.log"
-
-for _ in $(seq 100); do
-    [ -s "$tmp/nginx.pid" ] && break
-    sleep 0.1
-done
-nginx_pid=$(cat "$tmp/nginx.pid")
+nginx_start "$tmp"
 
 workers() {
     pgrep -P "$nginx_pid" -d ' ' || true
@@ -141,12 +110,8 @@ workers() {
 
 # sum of the workers' VmRSS, in KiB
 worker_rss() {
-    local pid sum=0 kb
-    for pid in $(workers); do
-        kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
-        sum=$((sum + ${kb:-0}))
-    done
-    echo "$sum"
+    # shellcheck disable=SC2046
+    rss_kb $(workers)
 }
 
 for _ in $(seq 50); do
@@ -164,6 +129,7 @@ rss_before=$(worker_rss)
 "$wsload" --mode idle --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" \
     --src-ips "$SRC_IPS" --url "$url" > "$tmp/idle.out" 2>&1 &
 idle_pid=$!
+bench_track "$idle_pid"
 
 held=0
 for _ in $(seq 1200); do

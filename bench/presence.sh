@@ -40,93 +40,35 @@ FILL_SMALL=${FILL_SMALL:-64k}
 FILL_LARGE=${FILL_LARGE:-256k}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 
-if [ ! -f "$MODULE" ]; then
-    echo "presence.sh: $MODULE is missing: run 'make build' first" >&2
-    exit 2
-fi
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+bench_name=presence.sh    # for its messages
 
-MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
+bench_module
+bench_nofile
 
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-nofile=$(ulimit -n)
-[ "$nofile" = unlimited ] && nofile=65536
-[ "$nofile" -gt 65536 ] && nofile=65536
-
-tmp=$(mktemp -d /tmp/collab-pbench.XXXXXX)
-chmod 755 "$tmp"
+bench_tmp pbench
 load=$tmp/presence_load
 nginx_pid=
-pg_started=
 
-as_pg() {
-    if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-stop_nginx() {
-    if [ -n "$nginx_pid" ] && kill -0 "$nginx_pid" 2>/dev/null; then
-        kill -QUIT "$nginx_pid" 2>/dev/null || true
-        for _ in $(seq 100); do
-            kill -0 "$nginx_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$nginx_pid" 2>/dev/null || true
-    fi
-    nginx_pid=
-}
-
-cleanup() {
-    local rc=$?
-    stop_nginx
-    if [ -n "$pg_started" ]; then
-        as_pg "$PGBIN/pg_ctl" -D "$tmp/pg" -m fast -w stop >/dev/null 2>&1 \
-            || true
-    fi
-    if [ "$rc" -ne 0 ] && [ -s "$tmp/error.log" ]; then
+# on failure, the end of nginx's log
+# shellcheck disable=SC2317  # called by bench_cleanup
+bench_on_exit() {
+    if [ "$1" -ne 0 ] && [ -s "$tmp/error.log" ]; then
         echo "--- tail of nginx error.log" >&2
         tail -n 20 "$tmp/error.log" >&2
     fi
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 10000))
-        if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "presence.sh: no free port" >&2
-    exit 2
 }
 
 cc -O2 -Wall -Wextra -Werror -o "$load" "$here/presence_load.c"
 
 # --- PostgreSQL ------------------------------------------------------------
 
-pg_port=$(free_port)
-mkdir -p "$tmp/pg" "$tmp/pg-run"
-chmod 700 "$tmp/pg"
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$tmp/pg" "$tmp/pg-run"
-as_pg "$PGBIN/initdb" -D "$tmp/pg" -U postgres -A trust -E UTF8 \
-    --locale=C.UTF-8 --no-sync >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$tmp/pg" -w -l "$tmp/pg-run/postgres.log" \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $tmp/pg-run -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-    start >/dev/null
-pg_started=1
-psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres \
-    -c "CREATE ROLE collab LOGIN SUPERUSER" \
-    -c "CREATE DATABASE collab OWNER collab"
-dsn="host=127.0.0.1 port=$pg_port dbname=collab user=collab"
-"$root/sql/migrate" "$dsn" >/dev/null
+# a throwaway database: no fsync
+PG_BIN=$PGBIN
+pg_start "$tmp/pg" "$(free_port)" -c fsync=off -c synchronous_commit=off \
+    -c full_page_writes=off
+dsn=$pg_dsn
 
 # --- nginx -------------------------------------------------------------------
 
@@ -176,16 +118,8 @@ http {
     }
 }
 EOF
-    "$NGINX" -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/error.log"
-    for _ in $(seq 100); do
-        [ -s "$tmp/nginx.pid" ] && break
-        sleep 0.1
-    done
-    nginx_pid=$(cat "$tmp/nginx.pid")
-    for _ in $(seq 100); do
-        ss -Htln "sport = :$port" | grep -q . && break
-        sleep 0.1
-    done
+    nginx_start "$tmp"
+    wait_port "$port" || true
     sleep 0.3
 }
 
@@ -194,13 +128,13 @@ echo "== presence benchmark: $WORKERS workers, $(nproc) cores"
 # (a) updates per second with CONNS participants
 start_nginx 64m
 "$load" load "$port" "$CONNS" "$ACTIVE" "$SECS"
-stop_nginx
+nginx_stop "$nginx_pid"
 
 # (b) bytes per entry
 fill() {
     start_nginx "$1"
     "$load" fill "$port" 100000 | sed -n 's/^joined //p'
-    stop_nginx
+    nginx_stop "$nginx_pid"
 }
 
 bytes() {
