@@ -42,8 +42,10 @@
  *
  * A publish that may have been lost (Redis unreachable, the publisher
  * reconnecting, too many unanswered) is followed, once the publisher is
- * back, by a "Q <origin> <seq>" hint for each of the worker's rooms: a
- * receiver behind that seq reads the rest from PostgreSQL.
+ * back, by a "Q <origin> <seq>" hint for each of the worker's rooms and
+ * for each session whose publish was skipped (up to
+ * NGX_COLLAB_REDIS_LOST_MAX of them), room or not: a receiver behind that
+ * seq reads the rest from PostgreSQL.
  *
  * Faults.  A lost context is reconnected with exponential backoff and
  * jitter; meanwhile publishing is skipped and same-worker delivery goes
@@ -76,6 +78,7 @@
 #define NGX_COLLAB_REDIS_BACKOFF_MAX   5000
 #define NGX_COLLAB_REDIS_TIMEOUT       3000
 #define NGX_COLLAB_REDIS_INFLIGHT_MAX  10000
+#define NGX_COLLAB_REDIS_LOST_MAX      1024
 
 
 typedef struct {
@@ -89,6 +92,14 @@ typedef struct {
     unsigned                    connected:1;
     unsigned                    writing:1;     /* in redisAsyncHandleWrite */
 } ngx_collab_redis_link_t;
+
+
+/* a session whose message up to seq could not be published */
+
+typedef struct {
+    int64_t                     session;
+    int64_t                     seq;
+} ngx_collab_redis_lost_t;
 
 
 static void ngx_collab_redis_connect(ngx_event_t *ev);
@@ -125,6 +136,7 @@ static void ngx_collab_redis_ready(redisAsyncContext *ac, void *r,
 static void ngx_collab_redis_auth(redisAsyncContext *ac, void *r,
     void *data);
 static void ngx_collab_redis_hints(void);
+static void ngx_collab_redis_lose(int64_t session, int64_t seq);
 static ngx_int_t ngx_collab_redis_parse(u_char *p, u_char *last,
     uint64_t *origin, int64_t *user, u_char **json);
 static ssize_t ngx_collab_redis_read_file(ngx_str_t *name, u_char *buf,
@@ -136,6 +148,16 @@ static ngx_collab_redis_link_t   ngx_collab_redis_sub;
 static ngx_collab_redis_link_t   ngx_collab_redis_pub;
 static ngx_event_t               ngx_collab_redis_beat_ev;
 static ngx_uint_t                ngx_collab_redis_lost;
+static ngx_collab_redis_lost_t   ngx_collab_redis_lost_list[
+                                     NGX_COLLAB_REDIS_LOST_MAX];
+static ngx_uint_t                ngx_collab_redis_nlost;
+static ngx_uint_t                ngx_collab_redis_lost_over;
+
+/* the messages published and not answered yet, oldest first (a ring) */
+static ngx_collab_redis_lost_t   ngx_collab_redis_sent[
+                                     NGX_COLLAB_REDIS_INFLIGHT_MAX];
+static ngx_uint_t                ngx_collab_redis_sent_head;
+static ngx_uint_t                ngx_collab_redis_nsent;
 static ngx_log_t                *ngx_collab_redis_log;
 static uint64_t                  ngx_collab_redis_origin;
 
@@ -852,6 +874,7 @@ ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq, u_char *data,
     size_t                    n, clen;
     u_char                    chan[NGX_INT64_LEN + 256];
     u_char                    head[2 * NGX_INT64_LEN + 4];
+    ngx_collab_redis_lost_t  *sent;
     ngx_collab_redis_link_t  *link;
 
     link = &ngx_collab_redis_pub;
@@ -861,12 +884,12 @@ ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq, u_char *data,
     }
 
     if (!link->connected) {
-        ngx_collab_redis_lost = 1;
+        ngx_collab_redis_lose(room->id, seq);
         return;
     }
 
     if (link->inflight >= NGX_COLLAB_REDIS_INFLIGHT_MAX) {
-        ngx_collab_redis_lost = 1;
+        ngx_collab_redis_lose(room->id, seq);
 
         ngx_log_error(NGX_LOG_WARN, ngx_collab_redis_log, 0,
                       "collab: redis publisher: %ui publishes unanswered, "
@@ -882,12 +905,34 @@ ngx_collab_redis_publish(ngx_collab_room_t *room, int64_t seq, u_char *data,
 
     payload = ngx_alloc(n + len, ngx_collab_redis_log);
     if (payload == NULL) {
+        ngx_collab_redis_lose(room->id, seq);
         return;
     }
 
     ngx_memcpy(ngx_cpymem(payload, head, n), data, len);
 
-    ngx_collab_redis_send(chan, clen, payload, n + len);
+    /*
+     * Redis answers in order: the answer (or, should the connection go,
+     * the NULL reply) to this PUBLISH is the one that finds this message
+     * at the head of ngx_collab_redis_sent
+     */
+
+    if (redisAsyncCommand(link->ac, ngx_collab_redis_published,
+                          ngx_collab_redis_sent,
+                          "PUBLISH %b %b", chan, clen, payload, n + len)
+        == REDIS_OK)
+    {
+        link->inflight++;
+
+        sent = &ngx_collab_redis_sent[(ngx_collab_redis_sent_head
+                                       + ngx_collab_redis_nsent++)
+                                      % NGX_COLLAB_REDIS_INFLIGHT_MAX];
+        sent->session = room->id;
+        sent->seq = seq;
+
+    } else {
+        ngx_collab_redis_lose(room->id, seq);
+    }
 
     ngx_free(payload);
 }
@@ -1044,6 +1089,7 @@ ngx_collab_redis_hosts(redisAsyncContext *ac, void *r, void *data)
 static void
 ngx_collab_redis_published(redisAsyncContext *ac, void *r, void *data)
 {
+    ngx_collab_redis_lost_t  *sent;
     ngx_collab_redis_link_t  *link;
 
     link = ac->data;
@@ -1052,8 +1098,28 @@ ngx_collab_redis_published(redisAsyncContext *ac, void *r, void *data)
         link->inflight--;
     }
 
+    sent = NULL;
+
+    if (data && ngx_collab_redis_nsent) {
+
+        /* a message's: see ngx_collab_redis_publish() */
+
+        sent = &ngx_collab_redis_sent[ngx_collab_redis_sent_head];
+        ngx_collab_redis_sent_head = (ngx_collab_redis_sent_head + 1)
+                                     % NGX_COLLAB_REDIS_INFLIGHT_MAX;
+        ngx_collab_redis_nsent--;
+    }
+
     if (r == NULL || ((redisReply *) r)->type == REDIS_REPLY_ERROR) {
-        ngx_collab_redis_lost = 1;     /* this one may not have gone out */
+
+        /* this one may not have gone out */
+
+        if (sent) {
+            ngx_collab_redis_lose(sent->session, sent->seq);
+
+        } else {
+            ngx_collab_redis_lost = 1;
+        }
     }
 }
 
@@ -1063,13 +1129,43 @@ ngx_collab_redis_published(redisAsyncContext *ac, void *r, void *data)
 static void
 ngx_collab_redis_hints(void)
 {
-    u_char             *p;
-    size_t              clen;
-    u_char              chan[NGX_INT64_LEN + 256];
-    u_char              payload[3 * NGX_INT64_LEN + 8];
-    ngx_collab_room_t  *room;
+    u_char                   *p;
+    size_t                    clen;
+    u_char                    chan[NGX_INT64_LEN + 256];
+    u_char                    payload[3 * NGX_INT64_LEN + 8];
+    ngx_uint_t                i;
+    ngx_collab_room_t        *room;
+    ngx_collab_redis_lost_t  *lost;
 
     ngx_collab_redis_lost = 0;
+
+    /* the sessions this worker has no room of any more, first */
+
+    for (i = 0; i < ngx_collab_redis_nlost; i++) {
+        lost = &ngx_collab_redis_lost_list[i];
+
+        if (ngx_collab_room_lookup(lost->session)) {
+            continue;
+        }
+
+        clen = ngx_collab_redis_channel(chan, lost->session);
+        p = ngx_sprintf(payload, "Q %uxL %L\n", ngx_collab_redis_origin,
+                        lost->seq);
+
+        ngx_collab_redis_send(chan, clen, payload, p - payload);
+    }
+
+    if (ngx_collab_redis_lost_over) {
+        ngx_log_error(NGX_LOG_WARN, ngx_collab_redis_log, 0,
+                      "collab: redis publisher: messages of more than %d "
+                      "sessions could not be published; those of sessions "
+                      "this worker no longer serves reach the other "
+                      "workers with their next message",
+                      NGX_COLLAB_REDIS_LOST_MAX);
+    }
+
+    ngx_collab_redis_nlost = 0;
+    ngx_collab_redis_lost_over = 0;
 
     for (room = ngx_collab_room_first(); room;
          room = ngx_collab_room_next(room))
@@ -1084,6 +1180,40 @@ ngx_collab_redis_hints(void)
 
         ngx_collab_redis_send(chan, clen, payload, p - payload);
     }
+}
+
+
+/*
+ * A message (seq) of the session could not be published: remembered by
+ * session, so that the hints reach the other workers even when this one
+ * has no room of the session any more by then (its members left).
+ */
+
+static void
+ngx_collab_redis_lose(int64_t session, int64_t seq)
+{
+    ngx_uint_t                i;
+    ngx_collab_redis_lost_t  *lost;
+
+    ngx_collab_redis_lost = 1;
+
+    for (i = 0; i < ngx_collab_redis_nlost; i++) {
+        lost = &ngx_collab_redis_lost_list[i];
+
+        if (lost->session == session) {
+            lost->seq = ngx_max(lost->seq, seq);
+            return;
+        }
+    }
+
+    if (ngx_collab_redis_nlost == NGX_COLLAB_REDIS_LOST_MAX) {
+        ngx_collab_redis_lost_over = 1;
+        return;
+    }
+
+    lost = &ngx_collab_redis_lost_list[ngx_collab_redis_nlost++];
+    lost->session = session;
+    lost->seq = seq;
 }
 
 

@@ -12,8 +12,10 @@
 # sent on Y now is stored and acked but cannot be published.  Then Redis
 # accepts clients again and the publishers reconnect, and nothing more is
 # sent.  X's member must still get the message (from a resync, a
-# re-publish, anything).  Last, one more message from Y must reach X after
-# the first, in order (the gap healing).
+# re-publish, anything).  Then one more message from Y must reach X after
+# the first, in order (the gap healing).  Last, the same loss again, but
+# Y's member leaves the session before the publishers are back, so that
+# worker Y has no room of it left: X must still get that message.
 #
 # Why: the same happens on any hiccup of one publisher connection (a
 # network blip, Redis dropping a client), or when a worker's publisher
@@ -146,6 +148,29 @@ my @seqs = map { $_->{seq} } grep { $_ }
            1 .. ($e && $e->{seq} == 2 ? 1 : 2);
 unshift @seqs, 2 if $e && $e->{seq} == 2;
 is("@seqs", '2 3', 'x has m2 then m3');
+
+# again, but y leaves before the publishers are back: worker Y has no
+# room of the session any more when its publisher returns, and its hint
+# must still come (it remembers the session, not only its rooms)
+is(admin('CONFIG', 'SET', 'maxclients', 1), 'OK', 'Redis refuses clients');
+for my $p (publishers()) {
+    my ($id) = $p =~ /\bid=(\d+)/;
+    admin('CLIENT', 'KILL', 'ID', $id);
+}
+is(wait_publishers(0), 0, 'the publishers are gone again');
+
+is($y->req(op => 'send', session => $slug, body => 'four',
+           clientMsgId => 'm4')->{op}, 'ack', 'y sends m4: stored, acked');
+is($y->req(op => 'leave', session => $slug)->{op}, 'left',
+   'y leaves: its worker has no room of the session');
+
+is(admin('CONFIG', 'SET', 'maxclients', 10000), 'OK',
+   'Redis accepts clients again');
+is(wait_publishers(2), 2, 'the publishers are back');
+
+$e = $x->take(sub { $_->{op} eq 'message' }, 10);
+is($e && $e->{seq}, 4, 'x gets m4, its sender gone from the session')
+    or diag('x got ' . ($e ? "seq $e->{seq}" : 'nothing') . ' in 10 s');
 
 $x->close;
 $y->close;
