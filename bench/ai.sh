@@ -136,28 +136,9 @@ dir=$tmp/nginx
 mkdir -p "$dir/tmp"
 echo "sk-bench-not-a-key" > "$dir/ai.key"
 
-cat > "$dir/nginx.conf" <<CONF
-load_module $MODULE;
-
-worker_processes      $WORKERS;
-worker_rlimit_nofile  8192;
-error_log             $dir/error.log warn;
-pid                   $dir/nginx.pid;
-lock_file             $dir/nginx.lock;
-
-events {
-    worker_connections  4096;
-}
-
-http {
-    access_log  off;
-
-    client_body_temp_path  $dir/tmp/body;
-    proxy_temp_path        $dir/tmp/proxy;
-    fastcgi_temp_path      $dir/tmp/fastcgi;
-    uwsgi_temp_path        $dir/tmp/uwsgi;
-    scgi_temp_path         $dir/tmp/scgi;
-
+{
+    nginx_conf_head "$dir" "$MODULE" "$WORKERS" 8192 4096
+    cat <<CONF
     collab_postgres  "$dsn" pool=4;
     collab_zone      bench 64m;
     $redis_line
@@ -181,6 +162,7 @@ http {
     }
 }
 CONF
+} > "$dir/nginx.conf"
 
 nginx_start "$dir"
 sleep 0.5

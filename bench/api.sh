@@ -88,29 +88,10 @@ port=$(free_port)
 dir=$tmp/nginx
 mkdir -p "$dir/tmp" "$dir/html"
 
-cat > "$dir/nginx.conf" <<EOF
-load_module $MODULE;
-
-worker_processes      $WORKERS;
-worker_rlimit_nofile  8192;
-error_log             $dir/error.log warn;
-pid                   $dir/nginx.pid;
-lock_file             $dir/nginx.lock;
-
-events {
-    worker_connections  4096;
-}
-
-http {
-    access_log  off;
+{
+    nginx_conf_head "$dir" "$MODULE" "$WORKERS" 8192 4096
+    cat <<EOF
     keepalive_requests  1000000;
-
-    client_body_temp_path  $dir/tmp/body;
-    proxy_temp_path        $dir/tmp/proxy;
-    fastcgi_temp_path      $dir/tmp/fastcgi;
-    uwsgi_temp_path        $dir/tmp/uwsgi;
-    scgi_temp_path         $dir/tmp/scgi;
-
     collab_postgres       "$dsn" pool=$POOL;
     collab_zone           collab 16m;
     collab_rate_messages  1000000r/s burst=1000000;
@@ -133,6 +114,7 @@ http {
     }
 }
 EOF
+} > "$dir/nginx.conf"
 
 nginx_start "$dir"
 

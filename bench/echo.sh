@@ -66,28 +66,9 @@ bench_on_exit() {
 port=$(free_port)
 
 mkdir -p "$tmp/tmp"
-cat > "$tmp/nginx.conf" <<EOF
-load_module $MODULE;
-
-worker_processes      $WORKERS;
-worker_rlimit_nofile  $nofile;
-error_log             $tmp/error.log warn;
-pid                   $tmp/nginx.pid;
-lock_file             $tmp/nginx.lock;
-
-events {
-    worker_connections  20000;
-}
-
-http {
-    access_log  off;
-
-    client_body_temp_path  $tmp/tmp/body;
-    proxy_temp_path        $tmp/tmp/proxy;
-    fastcgi_temp_path      $tmp/tmp/fastcgi;
-    uwsgi_temp_path        $tmp/tmp/uwsgi;
-    scgi_temp_path         $tmp/tmp/scgi;
-
+{
+    nginx_conf_head "$tmp" "$MODULE" "$WORKERS" "$nofile" 20000
+    cat <<EOF
     server {
         listen  127.0.0.1:$port backlog=4096;
 
@@ -101,6 +82,7 @@ http {
     }
 }
 EOF
+} > "$tmp/nginx.conf"
 
 nginx_start "$tmp"
 

@@ -193,6 +193,33 @@ redis_start() {
     }
 }
 
+# nginx_conf_head DIR MODULE WORKERS NOFILE CONNECTIONS: nginx.conf up to inside "http {", all files in DIR
+nginx_conf_head() {
+    cat <<EOF
+load_module $2;
+
+worker_processes      $3;
+worker_rlimit_nofile  $4;
+error_log             $1/error.log warn;
+pid                   $1/nginx.pid;
+lock_file             $1/nginx.lock;
+
+events {
+    worker_connections  $5;
+}
+
+http {
+    access_log  off;
+
+    client_body_temp_path  $1/tmp/body;
+    proxy_temp_path        $1/tmp/proxy;
+    fastcgi_temp_path      $1/tmp/fastcgi;
+    uwsgi_temp_path        $1/tmp/uwsgi;
+    scgi_temp_path         $1/tmp/scgi;
+
+EOF
+}
+
 # nginx_start DIR: $NGINX with DIR/nginx.conf, DIR as prefix; sets nginx_pid (the master)
 nginx_start() {
     local dir=$1

@@ -86,28 +86,9 @@ nginx_pids=()
 start_nginx() {
     local name=$1 window=$2 port=$3 dir=$tmp/nginx-$1
     mkdir -p "$dir/tmp"
-    cat > "$dir/nginx.conf" <<EOF
-load_module $MODULE;
-
-worker_processes      $WORKERS;
-worker_rlimit_nofile  8192;
-error_log             $dir/error.log warn;
-pid                   $dir/nginx.pid;
-lock_file             $dir/nginx.lock;
-
-events {
-    worker_connections  4096;
-}
-
-http {
-    access_log  off;
-
-    client_body_temp_path  $dir/tmp/body;
-    proxy_temp_path        $dir/tmp/proxy;
-    fastcgi_temp_path      $dir/tmp/fastcgi;
-    uwsgi_temp_path        $dir/tmp/uwsgi;
-    scgi_temp_path         $dir/tmp/scgi;
-
+    {
+        nginx_conf_head "$dir" "$MODULE" "$WORKERS" 8192 4096
+        cat <<EOF
     collab_postgres      "$dsn" pool=$POOL;
     collab_batch_window  $window;
 
@@ -121,6 +102,7 @@ http {
     }
 }
 EOF
+    } > "$dir/nginx.conf"
     nginx_start "$dir"
     nginx_pids+=("$nginx_pid")
 }

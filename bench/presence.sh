@@ -78,28 +78,9 @@ start_nginx() {
     local zone=$1
     mkdir -p "$tmp/tmp"
     : > "$tmp/error.log"
-    cat > "$tmp/nginx.conf" <<EOF
-load_module $MODULE;
-
-worker_processes      $WORKERS;
-worker_rlimit_nofile  $nofile;
-error_log             $tmp/error.log warn;
-pid                   $tmp/nginx.pid;
-lock_file             $tmp/nginx.lock;
-
-events {
-    worker_connections  20000;
-}
-
-http {
-    access_log  off;
-
-    client_body_temp_path  $tmp/tmp/body;
-    proxy_temp_path        $tmp/tmp/proxy;
-    fastcgi_temp_path      $tmp/tmp/fastcgi;
-    uwsgi_temp_path        $tmp/tmp/uwsgi;
-    scgi_temp_path         $tmp/tmp/scgi;
-
+    {
+        nginx_conf_head "$tmp" "$MODULE" "$WORKERS" "$nofile" 20000
+        cat <<EOF
     collab_postgres          "$dsn" pool=8;
     collab_zone              bench $zone;
     collab_presence_batch    100ms;
@@ -118,6 +99,7 @@ http {
     }
 }
 EOF
+    } > "$tmp/nginx.conf"
     nginx_start "$tmp"
     wait_port "$port" || true
     sleep 0.3
