@@ -17,8 +17,11 @@
 # once, also in the database), an "@ai" question's reply (from the mock
 # provider, t/lib/Collab/MockAI.pm) streams into both pages and becomes an
 # "Assistant" message, Cancel stops a long one, the owner turns the
-# assistant off, and Bob closing his page shows him offline to Ann.  Screenshots go to build/test-output/070-browser/ (or
-# $TEST_OUTPUT_DIR/070-browser/); the path is printed.
+# assistant off; Ann makes a public image-to-image session, Bob opens its
+# link, Ann attaches a picture to "@ai make it blue" and both pages show
+# her picture and the assistant's edit; and Bob closing his page shows
+# him offline to Ann.  Screenshots go to build/test-output/070-browser/
+# (or $TEST_OUTPUT_DIR/070-browser/); the path is printed.
 #
 # Why: the client's reconnect, resume and queue logic is unit-tested
 # against a fake socket; this checks the whole chain a user touches.
@@ -174,6 +177,8 @@ my $dbh = $t->pg_dbh;
 my $rows = $dbh->selectall_arrayref(<<'SQL');
 SELECT m.body, u.external_id, count(*)
   FROM chat_messages m JOIN users u ON u.id = m.user_id
+  JOIN chat_sessions s ON s.id = m.session_id
+ WHERE s.title = 'Launch plan'
  GROUP BY m.body, u.external_id
  ORDER BY min(m.seq)
 SQL
@@ -202,10 +207,22 @@ is_deeply($rows, [['Launch plan', 0, 'bob', 'ann', 'accepted']],
 # the assistant answered twice: once whole, once cancelled
 $rows = $dbh->selectall_arrayref(<<'SQL');
 SELECT m.kind, m.user_id IS NULL, m.metadata->>'cancelled'
-  FROM chat_messages m WHERE m.kind = 'ai' ORDER BY m.seq
+  FROM chat_messages m JOIN chat_sessions s ON s.id = m.session_id
+ WHERE m.kind = 'ai' AND s.title = 'Launch plan' ORDER BY m.seq
 SQL
 is_deeply($rows, [['ai', 1, undef], ['ai', 1, 'true']],
           'two ai messages stored, the second cancelled')
+    or diag(explain($rows));
+
+# the picture session: Ann's message with her picture, then the edit
+$rows = $dbh->selectall_arrayref(<<'SQL');
+SELECT m.kind, m.body, left(m.metadata->>'image', 22)
+  FROM chat_messages m JOIN chat_sessions s ON s.id = m.session_id
+ WHERE s.title = 'Pictures' AND s.type = 'image-to-image' ORDER BY m.seq
+SQL
+is_deeply($rows, [['user', '@ai make it blue', 'data:image/png;base64,'],
+                  ['ai', 'revised: make it blue', 'data:image/png;base64,']],
+          'the picture session holds the picture and its edit')
     or diag(explain($rows));
 $dbh->disconnect;
 $mock->stop;

@@ -334,6 +334,8 @@ async function scenario(browser) {
     await a.screenshot({ path: shot });
     out(`screenshot ${shot}`);
 
+    await pictureScenario(a, b);
+
     // --- Bob closes his page: Ann sees him offline after the grace ---
     await ctxB.close();
     ok(await until(a, 'Bob offline',
@@ -426,6 +428,57 @@ async function aiScenario(a, b) {
     ok(n === 2 && (await a.$$('#ai-live li')).length === 0,
        `with the assistant off, "@ai" gets no reply (${n} ai messages)`);
     await a.fill('#compose-text', '');
+}
+
+// --- pictures: Ann makes a public image-to-image session, Bob opens its
+//     link, Ann attaches a picture to "@ai ...": both pages show her
+//     picture and then the assistant's edit of it (the mock's 1x1 PNG) ---
+async function pictureScenario(a, b) {
+    const dot = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42'
+                + 'mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==';
+
+    await a.fill('#create-title', 'Pictures');
+    await a.check('#create-public');
+    await a.selectOption('#create-type', 'image-to-image');
+    await a.click('#create-form button');
+    ok(await until(a, 'the picture session',
+                   () => document.getElementById('room-title')
+                         .textContent === 'Pictures'),
+       'Ann creates a public image-to-image session');
+    await b.goto(a.url());
+    ok(await until(b, 'Bob in the picture session',
+                   () => document.getElementById('room-title')
+                         .textContent === 'Pictures'),
+       'Bob opens its link');
+
+    await a.setInputFiles('#compose-image', {
+        name: 'dot.png', mimeType: 'image/png',
+        buffer: Buffer.from(dot, 'base64'),
+    });
+    ok(await until(a, 'the picture attached',
+                   () => document.getElementById('compose-image-name')
+                         .textContent === 'dot.png'),
+       'Ann attaches a picture');
+    await a.fill('#compose-text', '@ai make it blue');
+    await a.press('#compose-text', 'Enter');
+
+    for (const [p, who] of [[a, 'Ann'], [b, 'Bob']]) {
+        ok(await until(p, `Ann's picture on ${who}'s page`,
+                       (src) => [...document.querySelectorAll(
+                                    '#messages li:not(.ai) img')]
+                                .some((img) => img.getAttribute('src')
+                                               === src),
+                       'data:image/png;base64,' + dot),
+           `Ann's picture shows on ${who}'s page`);
+        ok(await until(p, `the assistant's picture on ${who}'s page`,
+                       () => [...document.querySelectorAll(
+                                  '#messages li.ai img')]
+                             .some((img) => img.getAttribute('src')
+                                   .startsWith('data:image/png;base64,'))),
+           `the assistant's edit shows on ${who}'s page`,
+           JSON.stringify(await aiMessages(p)));
+    }
+    await b.screenshot({ path: join(outDir, 'picture.png') });
 }
 
 mkdirSync(outDir, { recursive: true });

@@ -206,9 +206,11 @@ function start(me) {
         }
         try {
             const s = await client.createSession(
-                { title, isPublic: $('create-public').checked });
+                { title, isPublic: $('create-public').checked,
+                  type: $('create-type').value });
             $('create-title').value = '';
             $('create-public').checked = false;
+            $('create-type').value = 'text';
             location.hash = 's=' + s.id;
             refreshSessions();
         } catch (e) {
@@ -328,14 +330,46 @@ function start(me) {
         }
     };
 
+    /*
+     * A picture goes with the message as a data: URL, inside the one
+     * WebSocket message: conf/collab.conf allows 512k messages
+     * (collab_max_message_size), base64 makes 4 bytes of 3.
+     */
+    const PICTURE_MAX = 360 * 1024;
+    let picture = null;
+
+    $('compose-image').onchange = () => {
+        const file = $('compose-image').files[0];
+        picture = null;
+        $('compose-image-name').textContent = '';
+        if (!file) {
+            return;
+        }
+        if (file.size > PICTURE_MAX) {
+            $('compose-image-name').textContent =
+                `${file.name} is too large (at most ${PICTURE_MAX >> 10} KB)`;
+            $('compose-image').value = '';
+            return;
+        }
+        const reader = new FileReader();
+        reader.onload = () => {
+            picture = reader.result;
+            $('compose-image-name').textContent = file.name;
+        };
+        reader.readAsDataURL(file);
+    };
+
     $('compose').onsubmit = (ev) => {
         ev.preventDefault();
         const text = $('compose-text').value;
         if (!session || text.trim() === '') {
-            return;
+            return;             /* a picture goes with a few words */
         }
-        session.send(text);
+        session.send(text, picture || undefined);
         $('compose-text').value = '';
+        $('compose-image').value = '';
+        $('compose-image-name').textContent = '';
+        picture = null;
     };
 
     function render() {
@@ -433,16 +467,22 @@ function start(me) {
                 li.appendChild(s);
             }
             li.appendChild(body);
-            if (ai && m.metadata) {
+            if (m.metadata) {
+                /* a user's picture is a data: URL (the server takes no
+                 * other); the assistant's may be the provider's URL */
                 const image = m.metadata.image;
                 if (typeof image === 'string'
-                    && /^(data:image\/|https?:)/.test(image))
+                    && (ai ? /^(data:image\/|https?:)/
+                           : /^data:image\/(png|jpeg|webp);base64,/)
+                       .test(image))
                 {
                     const img = document.createElement('img');
                     img.src = image;
-                    img.alt = m.body;
+                    img.alt = m.body || 'picture';
                     li.appendChild(img);
                 }
+            }
+            if (ai && m.metadata) {
                 if (m.metadata.cancelled || m.metadata.truncated) {
                     const s = document.createElement('span');
                     s.className = 'state';
