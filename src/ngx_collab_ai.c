@@ -172,6 +172,8 @@ static int ngx_collab_ai_timer(CURLM *multi, long timeout_ms, void *userp);
 static void ngx_collab_ai_timer_handler(ngx_event_t *ev);
 static void ngx_collab_ai_handler(ngx_event_t *ev);
 static void ngx_collab_ai_check(void);
+static void ngx_collab_ai_hold(void);
+static void ngx_collab_ai_hold_handler(ngx_event_t *ev);
 static void ngx_collab_ai_detach(ngx_connection_t *c);
 static int ngx_collab_ai_close_socket(void *clientp, curl_socket_t fd);
 static void ngx_collab_ai_track(ngx_connection_t *c, ngx_uint_t on);
@@ -182,6 +184,7 @@ static CURLM                 *ngx_collab_ai_multi;
 static ngx_event_t            ngx_collab_ai_timer_ev;
 static ngx_queue_t            ngx_collab_ai_jobs;
 static ngx_uint_t             ngx_collab_ai_njobs;
+static ngx_event_t            ngx_collab_ai_hold_ev;
 static ngx_log_t             *ngx_collab_ai_log;
 
 /* the connections this module gave libcurl's sockets */
@@ -218,6 +221,10 @@ ngx_collab_ai_init_process(ngx_cycle_t *cycle, ngx_collab_ai_conf_t *acf)
     ngx_collab_ai_timer_ev.handler = ngx_collab_ai_timer_handler;
     ngx_collab_ai_timer_ev.log = cycle->log;
     ngx_collab_ai_timer_ev.cancelable = 1;
+
+    /* not cancelable: see ngx_collab_ai_hold() */
+    ngx_collab_ai_hold_ev.handler = ngx_collab_ai_hold_handler;
+    ngx_collab_ai_hold_ev.log = cycle->log;
 
     return NGX_OK;
 }
@@ -357,6 +364,7 @@ ready:
     room->ai = job;
     ngx_queue_insert_tail(&ngx_collab_ai_jobs, &job->queue);
     ngx_collab_ai_njobs++;
+    ngx_collab_ai_hold();
 
     if (job->edit) {
         ngx_collab_ai_edit(job, body, metadata);
@@ -1502,6 +1510,7 @@ ngx_collab_ai_free(ngx_collab_ai_job_t *job)
 
     ngx_queue_remove(&job->queue);
     ngx_collab_ai_njobs--;
+    ngx_collab_ai_hold();
 
     room = job->room;
 
@@ -1769,4 +1778,34 @@ ngx_collab_ai_track(ngx_connection_t *c, ngx_uint_t on)
             return;
         }
     }
+}
+
+
+/*
+ * A worker shutting down gracefully (reload, quit) waits for the timers
+ * that are not cancelable: this one is set while replies are being made,
+ * so that a reply in progress is finished and stored (the send path then
+ * holds the worker until it is committed) rather than dropped.  Each
+ * reply is bounded by collab_ai_timeout.
+ */
+
+static void
+ngx_collab_ai_hold(void)
+{
+    if (ngx_collab_ai_njobs) {
+        if (!ngx_collab_ai_hold_ev.timer_set) {
+            ngx_add_timer(&ngx_collab_ai_hold_ev,
+                          ngx_collab_ai_conf->timeout + 1000);
+        }
+
+    } else if (ngx_collab_ai_hold_ev.timer_set) {
+        ngx_del_timer(&ngx_collab_ai_hold_ev);
+    }
+}
+
+
+static void
+ngx_collab_ai_hold_handler(ngx_event_t *ev)
+{
+    ngx_collab_ai_hold();
 }

@@ -44,6 +44,7 @@
 
 #define NGX_COLLAB_BATCH_MAX      500
 #define NGX_COLLAB_BATCH_RETRIES  8
+#define NGX_COLLAB_SEND_HOLD      60000
 
 
 typedef struct {
@@ -67,11 +68,15 @@ static void ngx_collab_send_ack(ngx_collab_batch_t *batch,
 static void ngx_collab_send_finish(ngx_collab_batch_t *batch,
     const char *code, const char *message);
 static void ngx_collab_send_free(ngx_collab_send_t *s);
+static void ngx_collab_send_hold_update(void);
+static void ngx_collab_send_hold_handler(ngx_event_t *ev);
 
 
 static ngx_event_t   ngx_collab_send_timer;
 static ngx_queue_t   ngx_collab_send_ready;
 static ngx_uint_t    ngx_collab_send_waiting;
+static ngx_uint_t    ngx_collab_send_batches;     /* in PostgreSQL */
+static ngx_event_t   ngx_collab_send_hold;
 static ngx_msec_t    ngx_collab_send_window;
 static ngx_log_t    *ngx_collab_send_log;
 
@@ -87,6 +92,10 @@ ngx_collab_send_init(ngx_collab_main_conf_t *cmcf, ngx_log_t *log)
     ngx_collab_send_timer.handler = ngx_collab_send_timer_handler;
     ngx_collab_send_timer.log = log;
     ngx_collab_send_timer.cancelable = 1;
+
+    /* not cancelable: see ngx_collab_send_hold_update() */
+    ngx_collab_send_hold.handler = ngx_collab_send_hold_handler;
+    ngx_collab_send_hold.log = log;
 }
 
 
@@ -258,6 +267,7 @@ ngx_collab_send_enqueue(ngx_collab_room_t *room, ngx_collab_send_t *s)
     room->npending++;
 
     ngx_collab_send_waiting++;
+    ngx_collab_send_hold_update();
 
     if (!room->inflight && !room->queued) {
         ngx_queue_insert_tail(&ngx_collab_send_ready, &room->ready);
@@ -362,6 +372,7 @@ ngx_collab_send_batch(ngx_collab_room_t *room)
 
     room->npending -= batch->n;
     ngx_collab_send_waiting -= batch->n;
+    ngx_collab_send_batches++;
     room->inflight = 1;
 
     if (ngx_collab_send_query(batch) != NGX_OK) {
@@ -688,6 +699,8 @@ ngx_collab_send_finish(ngx_collab_batch_t *batch, const char *code,
 
     ngx_free(batch);
 
+    ngx_collab_send_batches--;
+
     if (room->npending) {
         ngx_queue_insert_tail(&ngx_collab_send_ready, &room->ready);
         room->queued = 1;
@@ -696,6 +709,8 @@ ngx_collab_send_finish(ngx_collab_batch_t *batch, const char *code,
         ngx_collab_send_flush();
         return;
     }
+
+    ngx_collab_send_hold_update();
 
     ngx_collab_room_release(room);
 }
@@ -714,4 +729,34 @@ ngx_collab_send_free(ngx_collab_send_t *s)
     }
 
     ngx_free(s);
+}
+
+
+/*
+ * A worker that shuts down gracefully (reload, quit) exits once no timer
+ * that is not cancelable is left.  While sends wait or a batch is in
+ * PostgreSQL, this one is: what a connection closed by the shutdown sent
+ * (1012) or the assistant is writing is stored and published before the
+ * worker goes.  The pool's own timeouts bound the wait; the timer only
+ * comes back while there still is something.
+ */
+
+static void
+ngx_collab_send_hold_update(void)
+{
+    if (ngx_collab_send_waiting + ngx_collab_send_batches) {
+        if (!ngx_collab_send_hold.timer_set) {
+            ngx_add_timer(&ngx_collab_send_hold, NGX_COLLAB_SEND_HOLD);
+        }
+
+    } else if (ngx_collab_send_hold.timer_set) {
+        ngx_del_timer(&ngx_collab_send_hold);
+    }
+}
+
+
+static void
+ngx_collab_send_hold_handler(ngx_event_t *ev)
+{
+    ngx_collab_send_hold_update();
 }
