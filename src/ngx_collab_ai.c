@@ -113,6 +113,7 @@ typedef struct {
     unsigned                    image:1;       /* images/generations */
     unsigned                    oversize:1;    /* > NGX_COLLAB_AI_IMAGE_MAX */
     unsigned                    edit:1;        /* images/edits */
+    unsigned                    failed:1;      /* an error in the stream */
 
     ngx_str_t                   prompt;        /* image: what was asked */
 
@@ -1014,7 +1015,7 @@ ngx_collab_ai_write(char *ptr, size_t size, size_t n, void *userdata)
     }
 
     if (job->cancelled || job->malformed || job->truncated
-        || job->oversize)
+        || job->oversize || job->failed)
     {
         return 0;               /* stops the transfer */
     }
@@ -1027,7 +1028,7 @@ ngx_collab_ai_write(char *ptr, size_t size, size_t n, void *userdata)
                             ngx_collab_ai_sse_event, job)
         != 0)
     {
-        if (!job->truncated && !job->done) {
+        if (!job->truncated && !job->done && !job->failed) {
             job->malformed = 1;
         }
 
@@ -1078,9 +1079,9 @@ ngx_collab_ai_image_write(ngx_collab_ai_job_t *job, char *ptr, size_t n)
 static int
 ngx_collab_ai_sse_event(void *ctx, const u_char *data, size_t len)
 {
-    json_t               *e, *choice, *delta, *content, *finish;
+    json_t               *e, *choice, *delta, *content, *finish, *error;
     size_t                n;
-    const char           *s;
+    const char           *s, *msg;
     ngx_collab_ai_job_t  *job;
 
     job = ctx;
@@ -1091,6 +1092,29 @@ ngx_collab_ai_sse_event(void *ctx, const u_char *data, size_t len)
     }
 
     e = json_loadb((const char *) data, len, 0, NULL);
+
+    /*
+     * a provider that fails after the 200 says so in the stream:
+     * {"error": {"message": ...}} (OpenRouter), or a choice whose
+     * finish_reason is "error"
+     */
+
+    error = json_object_get(e, "error");
+
+    if (error) {
+        msg = json_string_value(json_object_get(error, "message"));
+        if (msg == NULL) {
+            msg = json_string_value(error);
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ngx_collab_ai_log, 0,
+                      "collab: ai: the provider reported an error in the "
+                      "stream: %s", msg ? msg : "(no message)");
+
+        json_decref(e);
+        job->failed = 1;
+        return 1;
+    }
 
     choice = json_array_get(json_object_get(e, "choices"), 0);
     delta = json_object_get(choice, "delta");
@@ -1130,6 +1154,17 @@ ngx_collab_ai_sse_event(void *ctx, const u_char *data, size_t len)
         && ngx_strcmp(json_string_value(finish), "length") == 0)
     {
         job->truncated = 1;
+    }
+
+    if (json_is_string(finish)
+        && ngx_strcmp(json_string_value(finish), "error") == 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_collab_ai_log, 0,
+                      "collab: ai: the provider ended the stream with "
+                      "finish_reason \"error\"");
+        json_decref(e);
+        job->failed = 1;
+        return 1;
     }
 
     json_decref(e);
@@ -1232,6 +1267,12 @@ ngx_collab_ai_finish(ngx_collab_ai_job_t *job, CURLcode rc)
     if (job->malformed) {
         ngx_collab_ai_error(job->room, job->reply_to, "MALFORMED",
                             "the AI provider's stream was malformed");
+        goto done;
+    }
+
+    if (job->failed) {
+        ngx_collab_ai_error(job->room, job->reply_to, "PROVIDER_FAILED",
+                            "the AI provider failed while answering");
         goto done;
     }
 

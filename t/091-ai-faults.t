@@ -5,7 +5,9 @@
 #
 # The mock provider (t/lib/Collab/MockAI.pm) answers 401, 429, 500, 503,
 # hangs (collab_ai_timeout 2s), streams garbage, ends its stream without
-# [DONE], closes the connection mid-stream, says nothing, or stops at
+# [DONE], closes the connection mid-stream, says nothing, reports an
+# error inside the stream after its 200 (an {"error": ...} event as
+# OpenRouter sends, or finish_reason "error"), or stops at
 # finish_reason "length"; a second nginx points collab_ai_endpoint at a
 # closed port.  Each fault reaches both participants as one ai_error with
 # its code (PROVIDER_REJECTED for 4xx, PROVIDER_FAILED for 5xx, TIMEOUT,
@@ -82,6 +84,10 @@ my @faults = (
     ['[cut]',     'MALFORMED',         qr//,
      'the connection is closed mid-stream'],
     ['[empty]',   'EMPTY',             qr//,    'the provider says nothing'],
+    ['[miderror]', 'PROVIDER_FAILED',  qr/failed/,
+     'an error event in the stream (OpenRouter, after the 200)'],
+    ['[finerror]', 'PROVIDER_FAILED',  qr/failed/,
+     'finish_reason "error" in the stream'],
 );
 
 for my $f (@faults) {
@@ -115,6 +121,9 @@ is($dbh->selectrow_array('SELECT last_seq FROM chat_sessions WHERE id = ?',
 
 like($t->error_log, qr/\[error\].*collab: ai: the provider answered 401/,
      'the provider\'s refusal is logged at error');
+like($t->error_log,
+     qr/\[error\].*the provider reported an error in the stream: mock: the/,
+     'an error in the stream is logged with the provider\'s message');
 
 
 # --- finish_reason "length": stored once, marked truncated --------------------

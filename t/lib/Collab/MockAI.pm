@@ -19,6 +19,10 @@ package Collab::MockAI;
 #   [cut]         three chunks of text, then the connection is closed in
 #                 the middle of the chunked body (no [DONE], no last chunk)
 #   [nodone]      three chunks, then the body ends properly without [DONE]
+#   [miderror]    three chunks, then an error event as OpenRouter sends one
+#                 when the model fails after the 200: data: {"error":
+#                 {"code": 502, "message": ...}}, then [DONE]
+#   [finerror]    three chunks, then finish_reason "error" and [DONE]
 #   [empty]       role-only deltas and [DONE], no text at all
 #   [long]        60 chunks 100 ms apart (6 s: for cancel)
 #   [fast]        10 chunks with no delay
@@ -355,6 +359,10 @@ sub _answer {
         ($n, $end) = (3, 'cut');
     } elsif ($last =~ /\[nodone\]/) {
         ($n, $end) = (3, 'nodone');
+    } elsif ($last =~ /\[miderror\]/) {
+        ($n, $end) = (3, 'miderror');
+    } elsif ($last =~ /\[finerror\]/) {
+        ($n, $end) = (3, 'finerror');
     } elsif ($last =~ /\[empty\]/) {
         ($n, $end) = (0, 'done');
     } elsif ($last =~ /\[long\]/) {
@@ -423,6 +431,15 @@ sub _answer {
                             sub { $c->write_chunk('') });
         } elsif ($end eq 'nodone') {
             $c->write_chunk('');
+        } elsif ($end eq 'miderror') {
+            $c->write_chunk(_sse({ error => {
+                                code => 502,
+                                message => 'mock: the model went away' } })
+                            . "data: [DONE]\n\n",
+                            sub { $c->write_chunk('') });
+        } elsif ($end eq 'finerror') {
+            $c->write_chunk(_delta(undef, 'error') . "data: [DONE]\n\n",
+                            sub { $c->write_chunk('') });
         } elsif ($end eq 'cut') {
             my $id = $tx->connection;
             Mojo::IOLoop->next_tick(sub { Mojo::IOLoop->remove($id) })
