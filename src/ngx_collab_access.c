@@ -74,9 +74,7 @@ ngx_collab_op_invite(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_str_t                params[4];
     ngx_collab_main_conf_t  *cmcf;
 
-    if (ngx_collab_slug(req, &params[0]) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &params[0]) != NGX_OK) {
         return;
     }
 
@@ -186,9 +184,7 @@ ngx_collab_op_invitations(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
         return;
     }
 
-    if (ngx_collab_slug(req, &params[0]) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &params[0]) != NGX_OK) {
         return;
     }
 
@@ -503,9 +499,7 @@ ngx_collab_op_remove(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
 {
     ngx_str_t  params[3];
 
-    if (ngx_collab_slug(req, &params[0]) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &params[0]) != NGX_OK) {
         return;
     }
 
@@ -594,9 +588,7 @@ ngx_collab_op_update(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_str_t   params[8];
     u_char      buf[NGX_INT64_LEN], *p;
 
-    if (ngx_collab_slug(req, &params[0]) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &params[0]) != NGX_OK) {
         return;
     }
 
@@ -754,9 +746,7 @@ ngx_collab_op_delete(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
 {
     ngx_str_t  params[2];
 
-    if (ngx_collab_slug(req, &params[0]) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &params[0]) != NGX_OK) {
         return;
     }
 

@@ -982,9 +982,7 @@ ngx_collab_op_join(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_collab_member_t    *m;
     ngx_collab_pg_query_t  *q;
 
-    if (ngx_collab_slug(req, &slug) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &slug) != NGX_OK) {
         return;
     }
 
@@ -1350,9 +1348,7 @@ ngx_collab_op_leave(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_str_t             slug;
     ngx_collab_member_t  *m;
 
-    if (ngx_collab_slug(req, &slug) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &slug) != NGX_OK) {
         return;
     }
 
@@ -1388,9 +1384,7 @@ ngx_collab_op_send(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_int_t             rc;
     ngx_collab_member_t  *m;
 
-    if (ngx_collab_slug(req, &slug) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &slug) != NGX_OK) {
         return;
     }
 
@@ -1491,9 +1485,7 @@ ngx_collab_op_history(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_collab_member_t    *m;
     ngx_collab_pg_query_t  *q;
 
-    if (ngx_collab_slug(req, &slug) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &slug) != NGX_OK) {
         return;
     }
 
@@ -1639,9 +1631,7 @@ ngx_collab_op_presence(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     const char           *s;
     ngx_collab_member_t  *m;
 
-    if (ngx_collab_slug(req, &slug) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &slug) != NGX_OK) {
         return;
     }
 
@@ -1681,9 +1671,7 @@ ngx_collab_op_typing(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_str_t             slug;
     ngx_collab_member_t  *m;
 
-    if (ngx_collab_slug(req, &slug) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &slug) != NGX_OK) {
         return;
     }
 
@@ -1716,9 +1704,7 @@ ngx_collab_op_ai_cancel(ngx_collab_conn_t *conn, json_t *req, json_t *ref)
     ngx_str_t             slug;
     ngx_collab_member_t  *m;
 
-    if (ngx_collab_slug(req, &slug) != NGX_OK) {
-        ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
-                                  "\"session\" must be a session id");
+    if (ngx_collab_session_arg(conn, req, ref, &slug) != NGX_OK) {
         return;
     }
 
@@ -1926,6 +1912,23 @@ ngx_collab_slug(json_t *req, ngx_str_t *slug)
     }
 
     return NGX_OK;
+}
+
+
+/* an op's "session", or NGX_ERROR once BAD_REQUEST has been answered */
+
+ngx_int_t
+ngx_collab_session_arg(ngx_collab_conn_t *conn, json_t *req, json_t *ref,
+    ngx_str_t *slug)
+{
+    if (ngx_collab_slug(req, slug) == NGX_OK) {
+        return NGX_OK;
+    }
+
+    ngx_collab_protocol_error(conn, "BAD_REQUEST", ref,
+                              "\"session\" must be a session id");
+
+    return NGX_ERROR;
 }
 
 

@@ -83,6 +83,8 @@ ngx_int_t ngx_collab_req_send(ngx_collab_req_t *req, ngx_collab_pg_query_t *q,
 ngx_collab_req_t *ngx_collab_req_result(ngx_collab_pg_query_t *q,
     PGresult *res);
 ngx_int_t ngx_collab_slug(json_t *req, ngx_str_t *slug);
+ngx_int_t ngx_collab_session_arg(ngx_collab_conn_t *conn, json_t *req,
+    json_t *ref, ngx_str_t *slug);
 ngx_collab_member_t *ngx_collab_member_find(ngx_collab_conn_t *conn,
     ngx_str_t *slug);
 ngx_int_t ngx_collab_get_int(json_t *req, const char *name, int64_t min,
