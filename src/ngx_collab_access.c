@@ -202,17 +202,9 @@ ngx_collab_op_invitations_done(ngx_collab_pg_query_t *q, PGresult *res)
     json_t            *list;
     ngx_collab_req_t  *req;
 
-    req = ngx_collab_req_result(q, res);
+    req = ngx_collab_req_rows(q, res, "the session store is unavailable");
     if (req == NULL) {
         return;
-    }
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK,
-                            req->conn->ws->connection->log) != NGX_OK)
-    {
-        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
-                                  "the session store is unavailable");
-        goto done;
     }
 
     n = PQntuples(res);
@@ -312,20 +304,12 @@ ngx_collab_op_respond_done(ngx_collab_pg_query_t *q, PGresult *res)
     ngx_collab_conn_t    *conn;
     ngx_collab_ws_msg_t  *msg;
 
-    req = ngx_collab_req_result(q, res);
+    req = ngx_collab_req_rows(q, res, "the session store is unavailable");
     if (req == NULL) {
         return;
     }
 
     conn = req->conn;
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
-        != NGX_OK)
-    {
-        ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
-                                  "the session store is unavailable");
-        goto done;
-    }
 
     if (PQntuples(res) != 1) {
         ngx_collab_protocol_error(conn, "NOT_FOUND", req->ref,
@@ -431,20 +415,12 @@ ngx_collab_op_revoke_done(ngx_collab_pg_query_t *q, PGresult *res)
     ngx_collab_conn_t    *conn;
     ngx_collab_ws_msg_t  *msg;
 
-    req = ngx_collab_req_result(q, res);
+    req = ngx_collab_req_rows(q, res, "the session store is unavailable");
     if (req == NULL) {
         return;
     }
 
     conn = req->conn;
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
-        != NGX_OK)
-    {
-        ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
-                                  "the session store is unavailable");
-        goto done;
-    }
 
     if (PQntuples(res) != 1) {
         ngx_collab_protocol_error(conn, "NOT_FOUND", req->ref,

@@ -929,17 +929,8 @@ ngx_collab_op_sessions_done(ngx_collab_pg_query_t *q, PGresult *res)
     json_t            *list, *session;
     ngx_collab_req_t  *req;
 
-    req = ngx_collab_req_result(q, res);
+    req = ngx_collab_req_rows(q, res, "the session store is unavailable");
     if (req == NULL) {
-        return;
-    }
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK,
-                            req->conn->ws->connection->log) != NGX_OK)
-    {
-        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
-                                  "the session store is unavailable");
-        ngx_collab_req_free(req);
         return;
     }
 
@@ -1038,20 +1029,12 @@ ngx_collab_op_join_done(ngx_collab_pg_query_t *q, PGresult *res)
     ngx_collab_room_t    *room;
     ngx_collab_member_t  *m;
 
-    req = ngx_collab_req_result(q, res);
+    req = ngx_collab_req_rows(q, res, "the session store is unavailable");
     if (req == NULL) {
         return;
     }
 
     conn = req->conn;
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK, conn->ws->connection->log)
-        != NGX_OK)
-    {
-        ngx_collab_protocol_error(conn, "UNAVAILABLE", req->ref,
-                                  "the session store is unavailable");
-        goto done;
-    }
 
     if (PQntuples(res) != 1) {
         ngx_collab_protocol_error(conn, "NOT_FOUND", req->ref,
@@ -1555,17 +1538,8 @@ ngx_collab_op_history_done(ngx_collab_pg_query_t *q, PGresult *res)
     ngx_uint_t         more;
     ngx_collab_req_t  *req;
 
-    req = ngx_collab_req_result(q, res);
+    req = ngx_collab_req_rows(q, res, "the message store is unavailable");
     if (req == NULL) {
-        return;
-    }
-
-    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK,
-                            req->conn->ws->connection->log) != NGX_OK)
-    {
-        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
-                                  "the message store is unavailable");
-        ngx_collab_req_free(req);
         return;
     }
 
@@ -1839,6 +1813,37 @@ ngx_collab_req_result(ngx_collab_pg_query_t *q, PGresult *res)
     req = q->data;
 
     if (req->conn == NULL) {
+        ngx_collab_req_free(req);
+        return NULL;
+    }
+
+    return req;
+}
+
+
+/*
+ * The request of a finished query that reads rows, or NULL: its
+ * connection is gone, or the query failed and UNAVAILABLE (with the
+ * message given) has been answered; the request is freed then.
+ */
+
+ngx_collab_req_t *
+ngx_collab_req_rows(ngx_collab_pg_query_t *q, PGresult *res,
+    const char *unavailable)
+{
+    ngx_collab_req_t  *req;
+
+    req = ngx_collab_req_result(q, res);
+    if (req == NULL) {
+        return NULL;
+    }
+
+    if (ngx_collab_store_ok(res, PGRES_TUPLES_OK,
+                            req->conn->ws->connection->log)
+        != NGX_OK)
+    {
+        ngx_collab_protocol_error(req->conn, "UNAVAILABLE", req->ref,
+                                  unavailable);
         ngx_collab_req_free(req);
         return NULL;
     }

@@ -82,6 +82,8 @@ ngx_int_t ngx_collab_req_send(ngx_collab_req_t *req, ngx_collab_pg_query_t *q,
     ngx_collab_pg_handler_pt handler);
 ngx_collab_req_t *ngx_collab_req_result(ngx_collab_pg_query_t *q,
     PGresult *res);
+ngx_collab_req_t *ngx_collab_req_rows(ngx_collab_pg_query_t *q,
+    PGresult *res, const char *unavailable);
 ngx_int_t ngx_collab_slug(json_t *req, ngx_str_t *slug);
 ngx_int_t ngx_collab_session_arg(ngx_collab_conn_t *conn, json_t *req,
     json_t *ref, ngx_str_t *slug);
